@@ -1,0 +1,75 @@
+"""Shared file helpers: jsonl reading/writing and atomic replacement of outputs."""
+
+import contextlib
+import json
+import os
+import tempfile
+
+from common.cli import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A crash or an error inside the block leaves no file at `path` that looks complete.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path, text):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def write_json_atomic(path, obj):
+    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def dump_jsonl_line(obj):
+    """One jsonl line, the same bytes for the same object (keys keep insertion order)."""
+    return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
+def write_jsonl_atomic(path, rows):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(dump_jsonl_line(row))
+
+
+def read_jsonl(path, what="file"):
+    """Read a jsonl file into a list; a bad line is a UserError naming the file and line."""
+    if not os.path.isfile(path):
+        raise UserError(f"{what} not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+    return rows
+
+
+def read_json(path, what="file"):
+    if not os.path.isfile(path):
+        raise UserError(f"{what} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err.msg})") from None

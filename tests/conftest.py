@@ -1,0 +1,60 @@
+"""Fixtures shared by the tests: the real data folder and a small random Qwen2 model with a tokenizer."""
+
+import ast
+import gzip
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "amazon2014"
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """../shared/data/amazon2014 (the real Amazon 2014 files); CI has it at the same path."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real data folder missing: {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def real_titles(n=2000, category="Beauty"):
+    """The first n titles of a real meta file (Python literals, parsed without eval)."""
+    titles = []
+    with gzip.open(SHARED_DATA / f"meta_{category}.json.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            title = ast.literal_eval(line).get("title")
+            if title:
+                titles.append(title)
+            if len(titles) >= n:
+                break
+    return titles
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tmp_path_factory):
+    """A tiny randomly initialised Qwen2 model folder with a BPE tokenizer trained on real titles.
+
+    Not the embedded default (that one is pre-trained); this is for tests of merging, inference
+    and metrics that need a real model quickly.
+    """
+    from common.prompt import CANDIDATES_CLOSE, CANDIDATES_OPEN, HISTORY_OPEN, SYSTEM
+    from models.tiny import init_model, save_model, tiny_config
+    from models.tokenizer import train_tokenizer
+
+    texts = real_titles() + [SYSTEM, HISTORY_OPEN, CANDIDATES_OPEN, CANDIDATES_CLOSE, "||"]
+    tok = train_tokenizer(texts, vocab_size=1024)
+    model = init_model(tiny_config(tok, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2), seed=0)
+    out = tmp_path_factory.mktemp("random-tiny-qwen2")
+    save_model(model, tok, out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _isolated_hf_cache(tmp_path, monkeypatch):
+    """Each test gets its own datasets cache (a stale shared cache breaks LLaMA-Factory loading)."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    yield
