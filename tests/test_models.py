@@ -1,0 +1,138 @@
+"""The embedded tiny base model: built from real Beauty samples, deterministic, its template = LLaMA-Factory's."""
+
+import ast
+import gzip
+import json
+import random
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from common.dataset_info import register
+from common.io import write_jsonl_atomic
+from common.prompt import make_sample
+from tests.conftest import REPO
+
+
+def make_domain_files(shared_data, train_dir, domain="beauty", category="Beauty", users=300,
+                      history=10, seed=0, test_dir=None):
+    """Small traindata/<d>.jsonl + <d>.items.jsonl (and testdata) from the real files, data-stage layout.
+
+    Leave-one-out on a seeded subset of real users, 30 candidates, as reference-behaviour.md describes.
+    """
+    with gzip.open(shared_data / f"meta_{category}.json.gz", "rt", encoding="utf-8") as f:
+        meta = [ast.literal_eval(line) for line in f]
+    titles = {m["asin"]: " ".join(m["title"].split()) for m in meta if m.get("title")}
+    seqs = defaultdict(list)
+    with gzip.open(shared_data / f"reviews_{category}_5.json.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            seqs[r["reviewerID"]].append((r["unixReviewTime"], r["asin"]))
+    rng = random.Random(seed)
+    chosen = rng.sample(sorted(seqs), users)
+    asins = sorted(titles)
+    rows, tests, counts = [], [], defaultdict(int)
+
+    def sample(items, k):
+        negs = []
+        while len(negs) < 29:
+            a = rng.choice(asins)
+            if a not in items[:k + 1] and a not in negs:
+                negs.append(a)
+        cands = negs + [items[k]]
+        rng.shuffle(cands)
+        hist = [titles[a] for a in items[max(0, k - history):k]]
+        return make_sample(hist, [titles[a] for a in cands], [titles[items[k]]] + [titles[a] for a in negs[:4]])
+
+    for user in chosen:
+        items = [a for _, a in sorted(seqs[user])]
+        for a in items[:-2]:
+            counts[a] += 1
+        rows += [sample(items, k) for k in range(1, len(items) - 1)]
+        tests.append(dict(sample(items, len(items) - 1), user=user))
+    rng.shuffle(rows)
+    train_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(train_dir / f"{domain}.jsonl", rows)
+    write_jsonl_atomic(train_dir / f"{domain}.items.jsonl",
+                       [{"id": i, "asin": a, "title": titles[a], "train_count": counts[a]} for i, a in enumerate(asins)])
+    register(str(train_dir), [domain])
+    if test_dir is not None:
+        write_jsonl_atomic(test_dir / f"{domain}.jsonl", tests)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def beauty_dir(shared_data, tmp_path_factory):
+    train_dir = tmp_path_factory.mktemp("traindata")
+    make_domain_files(shared_data, train_dir)
+    return train_dir
+
+
+def build(train_dir, out, *extra):
+    """Run the build stage as a user does; return the finished process."""
+    cmd = [sys.executable, "-m", "models.build_base", "--train-dir", str(train_dir), "--domains", "beauty",
+           "--out", str(out), "--no-progress", *extra]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+SMALL = ["--vocab-size", "2048", "--hidden-size", "64", "--steps", "30", "--batch-size", "8", "--block-size", "128"]
+
+
+@pytest.fixture(scope="session")
+def built_model(beauty_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "tiny-qwen2"
+    proc = build(beauty_dir, out, *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_build_writes_a_model_that_transformers_loads_and_that_learned(built_model):
+    info = json.loads((built_model / "build_info.json").read_text())
+    assert info["steps_done"] == 30 and info["domains"] == ["beauty"]
+    assert info["final_loss"] < info["first_loss"] - 1.0  # pre-training really lowered the loss
+    tok = AutoTokenizer.from_pretrained(built_model)
+    model = AutoModelForCausalLM.from_pretrained(built_model)
+    assert model.config.model_type == "qwen2" and model.config.vocab_size == len(tok)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    ids = tok("Maybelline New York Great Lash Mascara||", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+
+
+def test_same_seed_same_bytes_other_seed_other_weights(beauty_dir, built_model, tmp_path):
+    again = tmp_path / "again"
+    assert build(beauty_dir, again, *SMALL).returncode == 0
+    for name in ("model.safetensors", "tokenizer.json"):
+        assert (again / name).read_bytes() == (built_model / name).read_bytes(), name
+    other = tmp_path / "other"
+    assert build(beauty_dir, other, *SMALL, "--seed", "1").returncode == 0
+    a, b = load_file(built_model / "model.safetensors"), load_file(other / "model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_chat_template_gives_llamafactory_qwen_ids(built_model, beauty_dir):
+    """Training (LLaMA-Factory's `qwen` template) and inference (apply_chat_template) see the same ids."""
+    from llamafactory.data.template import TEMPLATES
+
+    tok = AutoTokenizer.from_pretrained(built_model)
+    template = TEMPLATES["qwen"]
+    sample = json.loads((beauty_dir / "beauty.jsonl").read_text().splitlines()[0])
+    messages = sample["messages"]
+    for system, turns in ((messages[0]["content"], messages[1:]), (None, messages[1:])):
+        prompt_ids, answer_ids = template.encode_oneturn(tok, turns, system=system)
+        chat = ([{"role": "system", "content": system}] if system else []) + turns
+        assert tok.apply_chat_template(chat, tokenize=True) == prompt_ids + answer_ids
+        assert tok.apply_chat_template(chat[:-1], tokenize=True, add_generation_prompt=True) == prompt_ids
+    assert tok.convert_ids_to_tokens(answer_ids[-2:]) == ["<|im_end|>", "\u010a"]
+
+
+def test_build_refuses_missing_data_in_one_line(tmp_path):
+    proc = build(tmp_path, tmp_path / "out")
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [f"error: items file of 'beauty' not found: {tmp_path}/beauty.items.jsonl"]
+    assert not (tmp_path / "out").exists()
