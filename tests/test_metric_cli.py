@@ -190,3 +190,17 @@ def test_cli_one_line_error_for_a_test_file_without_answers(case):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "has no assistant answer" in proc.stderr
     assert not (tmp_path / "report").exists()
+
+
+def test_shell_script_wires_the_paths(case):
+    tmp_path, test, _ = case
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "TARGET": "beauty", "TEST_FILE": str(test),
+           "PRED_DIR": str(tmp_path / "result"), "ITEMS": str(tmp_path / "traindata" / "beauty.items.jsonl"),
+           "OUT_DIR": str(tmp_path / "sh"), "COMPARE": "half perfect", "BOOTSTRAP": "100"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "metric.sh")], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads((tmp_path / "sh" / "metrics.json").read_text())
+    assert [r["name"] for r in rep["rows"]] == ["half", "perfect", "random", "popularity"]
+    assert [(c["a"], c["b"]) for c in rep["comparisons"]] == [("half", "perfect")]
+    assert rep["comparisons"][0]["metrics"]["NDCG@1"]["diff"] == pytest.approx(-0.5)
