@@ -1,0 +1,202 @@
+"""PEFT LoRA adapter folders: load and validate them, check they fit together, write merged ones.
+
+An adapter folder is what PEFT's save_pretrained and LLaMA-Factory write (an output_dir or one of
+its checkpoint-N folders): adapter_config.json + adapter_model.safetensors holding, for every adapted
+linear layer `<module>`, `base_model.model.<module>.lora_A.weight` (r x in) and `.lora_B.weight`
+(out x r). PEFT applies `W x + scaling * B A x` with scaling = lora_alpha / r (lora_alpha / sqrt(r)
+for rsLoRA); `r` and `lora_alpha` may be overridden per module by rank_pattern / alpha_pattern.
+"""
+
+import contextlib
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+from peft.utils.other import get_pattern_key
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from common.cli import UserError
+from common.io import read_json, write_json_atomic
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+INFO_NAME = "merge_info.json"
+PREFIX = "base_model.model."
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "added_tokens.json", "chat_template.jinja", "tokenizer.model")
+KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
+# config settings whose adapters this tool cannot merge exactly (value when harmless)
+UNSUPPORTED = {"use_dora": False, "fan_in_fan_out": False, "layer_replication": None, "lora_bias": False,
+               "modules_to_save": None, "bias": "none"}
+
+
+@dataclass
+class Adapter:
+    """One LoRA adapter: per module (A, B) factors and PEFT's scaling for that module."""
+    path: str
+    config: dict
+    factors: dict = field(default_factory=dict)  # module -> (lora_A [r, in], lora_B [out, r])
+    scaling: dict = field(default_factory=dict)  # module -> float
+
+    @property
+    def dtype(self):
+        return next(iter(self.factors.values()))[0].dtype
+
+
+def _adapter_files(path):
+    """(config path, weights path) of an adapter folder; a clear error when it is not one."""
+    if not os.path.isdir(path):
+        raise UserError(f"adapter folder not found: {path}")
+    config, weights = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
+    if not os.path.isfile(config):
+        ckpts = sorted(os.path.basename(p) for p in glob.glob(os.path.join(path, "checkpoint-*")))
+        hint = f" (it holds {', '.join(ckpts)}: pass one of them)" if ckpts else ""
+        raise UserError(f"{path} has no {CONFIG_NAME}{hint}")
+    if not os.path.isfile(weights):
+        found = " (adapter_model.bin is a pickle and is never loaded)" if os.path.isfile(
+            os.path.join(path, "adapter_model.bin")) else ""
+        raise UserError(f"{path} has no {WEIGHTS_NAME}{found}")
+    return config, weights
+
+
+def _check_config(path, config):
+    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
+        raise UserError(f"{path}: not a LoRA adapter (peft_type {config.get('peft_type')!r})")
+    for name, harmless in UNSUPPORTED.items():
+        if config.get(name, harmless) not in (harmless, None, False, [], {}):
+            raise UserError(f"{path}: adapters with {name}={config[name]!r} are not supported")
+
+
+def module_scaling(config, module, rank):
+    """PEFT's scaling for one module: lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora."""
+    rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    r = rank_pattern.get(get_pattern_key(rank_pattern, module), config["r"])
+    alpha = alpha_pattern.get(get_pattern_key(alpha_pattern, module), config["lora_alpha"])
+    if r != rank:
+        raise UserError(f"module {module}: lora_A has rank {rank} but the config says r={r}")
+    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+
+
+def _read_tensors(weights):
+    try:
+        return load_file(weights)
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{weights}: not a readable safetensors file ({err})") from None
+
+
+def load_adapter(path):
+    """Read and validate one adapter folder: LoRA A/B weights only, finite, ranks matching config."""
+    config_path, weights = _adapter_files(path)
+    config = read_json(config_path, "adapter config")
+    _check_config(path, config)
+    parts = {}
+    for key, tensor in _read_tensors(weights).items():
+        match = KEY_RE.match(key)
+        if not match:
+            raise UserError(f"{weights}: unsupported tensor {key} (only LoRA A/B weights can be merged)")
+        if not torch.isfinite(tensor).all():
+            raise UserError(f"{weights}: tensor {key} holds NaN or Inf values")
+        parts.setdefault(match["module"], {})[match["ab"]] = tensor
+    if not parts:
+        raise UserError(f"{weights}: no LoRA weights inside")
+    adapter = Adapter(path, config)
+    for module, ab in sorted(parts.items()):
+        if set(ab) != {"A", "B"} or ab["A"].shape[0] != ab["B"].shape[1]:
+            raise UserError(f"{weights}: module {module} lacks a matching lora_A/lora_B pair")
+        adapter.factors[module] = (ab["A"], ab["B"])
+        adapter.scaling[module] = module_scaling(config, module, ab["A"].shape[0])
+    return adapter
+
+
+def check_compatible(adapters):
+    """All adapters must adapt the same modules with the same (out, in) shapes; ranks may differ."""
+    first = adapters[0]
+    for other in adapters[1:]:
+        missing = sorted(set(first.factors) ^ set(other.factors))
+        if missing:
+            raise UserError(f"{other.path} and {first.path} adapt different modules "
+                            f"({len(missing)} differ, e.g. {missing[0]})")
+        for module, (a, b) in first.factors.items():
+            a2, b2 = other.factors[module]
+            if (b.shape[0], a.shape[1]) != (b2.shape[0], a2.shape[1]):
+                raise UserError(f"{other.path} and {first.path} were trained on different base models: "
+                                f"{module} is {tuple(b2.shape[:1]) + tuple(a2.shape[1:])} vs "
+                                f"{tuple(b.shape[:1]) + tuple(a.shape[1:])}")
+
+
+def output_dtype(adapters, requested="auto"):
+    """The inputs' dtype (the widest when they differ), unless a dtype is asked for."""
+    if requested != "auto":
+        return getattr(torch, requested)
+    dtypes = {a.dtype for a in adapters}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds.
+
+    An existing `path` is replaced only when it is empty or is itself a merge output (holds
+    merge_info.json), so a trained adapter folder is never overwritten by mistake.
+    """
+    path = os.path.abspath(path)
+    if os.path.exists(path) and (not os.path.isdir(path) or (
+            os.listdir(path) and not os.path.isfile(os.path.join(path, INFO_NAME)))):
+        raise UserError(f"output {path} exists and is not an earlier merge output; choose another --out")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        yield tmp
+        if os.path.exists(path):
+            old = tmp + ".old"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def adapter_config(template, rank, base_model, rank_pattern=None):
+    """A PEFT LoRA config for a merged adapter whose stored scaling is 1 (lora_alpha = r)."""
+    config = dict(template)
+    rank_pattern = rank_pattern or {}
+    config.update(r=rank, lora_alpha=rank, use_rslora=False, rank_pattern=rank_pattern,
+                  alpha_pattern=dict(rank_pattern), base_model_name_or_path=base_model,
+                  inference_mode=True, init_lora_weights=True, lora_dropout=0.0)
+    return config
+
+
+def save_adapter(out_dir, factors, config, info, tokenizer_from=None):
+    """Write a PEFT adapter folder (config, safetensors, merge_info.json, tokenizer files) into out_dir."""
+    tensors = {}
+    for module, (a, b) in factors.items():
+        tensors[f"{PREFIX}{module}.lora_A.weight"] = a.contiguous()
+        tensors[f"{PREFIX}{module}.lora_B.weight"] = b.contiguous()
+    save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": "pt"})
+    write_json_atomic(os.path.join(out_dir, CONFIG_NAME), config)
+    write_json_atomic(os.path.join(out_dir, INFO_NAME), info)
+    copy_tokenizer_files(tokenizer_from, out_dir)
+
+
+def copy_tokenizer_files(src, out_dir):
+    """Copy the tokenizer files LLaMA-Factory saves beside an adapter, when there are any."""
+    copied = []
+    for name in TOKENIZER_FILES if src else ():
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copy2(os.path.join(src, name), os.path.join(out_dir, name))
+            copied.append(name)
+    return copied
+
+
+def file_size(folder):
+    """Total bytes of the files in a folder."""
+    return sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder))

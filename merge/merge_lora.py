@@ -1,0 +1,228 @@
+"""Merge LoRA adapters: reads N PEFT adapter folders [target, target_source1, ...], writes one merged
+PEFT adapter (exact stacked, or SVD rank-r) or a full merged model folder to --out.
+
+    python -m merge.merge_lora --adapters save/sports save/sports_beauty save/sports_clothing \
+        --out save/merged/sports_weaverec [--method weaverec] [--weights 1 1 1] [--temperature 1]
+
+Weights: --weights gives one raw weight w_i per adapter (default all 1); --weights-file gives one
+per adapter per adapted module: JSON {"model.layers.0.self_attn.q_proj": [w_1, ..., w_N], ...}
+(every adapted module, nothing else; --write-weights-template writes one) or a safetensors file
+with one float tensor of shape [N] under each such key. WeaveRec turns w into
+lambda = softmax(w / T) (or sigmoid(w / T), or w / T with --normalize none); the baselines use w as
+given (see merge/methods.py). Nothing is written unless the whole merge succeeds.
+"""
+
+import argparse
+import math
+import os
+import time
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from common.cli import UserError, run_main
+from common.io import read_json, write_json_atomic
+from merge.adapters import (INFO_NAME, adapter_config, atomic_dir, check_compatible, file_size,
+                            load_adapter, output_dtype, save_adapter)
+from merge.methods import COEFFICIENTS, MAJORITY_SIGN, METHODS, NORMALIZE, POSITIVE_WEIGHTS, coefficients, \
+    module_seed
+from merge.outputs import module_delta, stacked_factors, svd_factors, write_full_model
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--adapters", nargs="+", required=True, help="adapter folders, target first")
+    p.add_argument("--out", help="output folder (replaced only if empty or an earlier merge output)")
+    p.add_argument("--method", default="weaverec", choices=sorted(METHODS))
+    p.add_argument("--weights", nargs="+", type=float, help="one raw weight per adapter (default all 1)")
+    p.add_argument("--weights-file", help="per-module weights: .json or .safetensors (schema above)")
+    p.add_argument("--write-weights-template", metavar="FILE", help="write a weights file of 1s and exit")
+    p.add_argument("--normalize", default="softmax", choices=NORMALIZE, help="weaverec: w -> lambda")
+    p.add_argument("--temperature", type=float, default=1.0, help="weaverec: T in softmax(w / T)")
+    p.add_argument("--scale", type=float, default=1.0, help="task_arithmetic/ties/dare/magnitude_prune")
+    p.add_argument("--density", type=float, default=0.5, help="ties/magnitude_prune: share of entries kept")
+    p.add_argument("--drop-rate", type=float, default=0.5, help="dare_*: share of entries dropped")
+    p.add_argument("--majority-sign", default="total", choices=MAJORITY_SIGN, help="ties/dare_ties")
+    p.add_argument("--seed", type=int, default=0, help="dare_*: seed of the drop masks")
+    p.add_argument("--output", default="stacked", choices=("stacked", "svd", "full"))
+    p.add_argument("--rank", type=int, help="svd: rank of the merged adapter (default: largest input r)")
+    p.add_argument("--base-model", help="base model folder; overrides adapter_config.json's path")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="output dtype (auto: as the inputs)")
+    p.add_argument("--max-shard-size", default="5GB", help="full: safetensors shard size")
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    """Every bad option is one clear error before anything is read or written."""
+    if args.out is None and args.write_weights_template is None:
+        raise UserError("--out is required")
+    if args.weights is not None and args.weights_file is not None:
+        raise UserError("give --weights or --weights-file, not both")
+    if args.weights is not None and len(args.weights) != len(args.adapters):
+        raise UserError(f"--weights has {len(args.weights)} values for {len(args.adapters)} adapters")
+    if not args.temperature > 0 or not math.isfinite(args.temperature):
+        raise UserError(f"--temperature must be a positive number, got {args.temperature}")
+    if not 0 < args.density <= 1:
+        raise UserError(f"--density must be in (0, 1], got {args.density}")
+    if not 0 <= args.drop_rate < 1:
+        raise UserError(f"--drop-rate must be in [0, 1), got {args.drop_rate}")
+    if args.rank is not None and args.rank < 1:
+        raise UserError(f"--rank must be at least 1, got {args.rank}")
+    if args.output == "stacked" and args.method not in COEFFICIENTS:
+        raise UserError(f"--method {args.method} does not give a low-rank delta, so it has no exact "
+                        f"stacked adapter: use --output svd or --output full")
+    if args.output == "stacked" and args.rank is not None:
+        raise UserError("--rank applies to --output svd only (stacked rank = sum of the input ranks)")
+    if len(set(os.path.abspath(a) for a in args.adapters)) != len(args.adapters):
+        raise UserError("the same adapter folder is given twice")
+
+
+def _weight_list(values, n, where):
+    if not isinstance(values, list) or len(values) != n:
+        raise UserError(f"{where}: expected a list of {n} weights (one per adapter)")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in values):
+        raise UserError(f"{where}: weights must be finite numbers")
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def read_weights_file(path, modules, n):
+    """{module: tensor [n]} from a JSON or safetensors weights file whose keys are exactly `modules`."""
+    if path.endswith(".json"):
+        raw = read_json(path, "weights file")
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: expected a JSON object of module -> list of weights")
+    elif path.endswith(".safetensors"):
+        if not os.path.isfile(path):
+            raise UserError(f"weights file not found: {path}")
+        try:
+            raw = {k: v.flatten().tolist() if v.dim() == 1 else None for k, v in load_file(path).items()}
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"{path}: not a readable safetensors file ({err})") from None
+    else:
+        raise UserError(f"weights file must end in .json or .safetensors (never a pickle): {path}")
+    missing, unknown = sorted(set(modules) - set(raw)), sorted(set(raw) - set(modules))
+    if missing or unknown:
+        eg = [f"{len(missing)} adapted modules missing (e.g. {missing[0]})"] if missing else []
+        eg += [f"{len(unknown)} unknown keys (e.g. {unknown[0]})"] if unknown else []
+        raise UserError(f"{path}: keys do not match the adapted modules: {'; '.join(eg)}")
+    return {m: _weight_list(raw[m], n, f"{path}: {m}") for m in modules}
+
+
+def weights_table(args, modules, n):
+    """{module: raw weights w [n]}, from the weights file or from --weights (default all 1)."""
+    if args.weights_file:
+        table = read_weights_file(args.weights_file, modules, n)
+    else:
+        w = _weight_list(args.weights if args.weights is not None else [1.0] * n, n, "--weights")
+        table = {m: w for m in modules}
+    if args.method in POSITIVE_WEIGHTS and any((w <= 0).any() for w in table.values()):
+        raise UserError(f"--method {args.method} needs positive weights")
+    if args.method == "linear" and any(w.sum() == 0 for w in table.values()):
+        raise UserError("--method linear: the weights must not sum to zero")
+    return table
+
+
+def method_params(args, module):
+    return {"normalize": args.normalize, "temperature": args.temperature, "scale": args.scale,
+            "density": args.density, "drop_rate": args.drop_rate, "majority_sign": args.majority_sign,
+            "seed": module_seed(args.seed, module)}
+
+
+def merge_adapter(args, adapters, table, dtype):
+    """Factors of the merged adapter, {module: (A, B)}, plus SVD errors {module: (tail, total)}."""
+    factors, errors = {}, {}
+    rank = args.rank or max(max(a.factors[m][0].shape[0] for m in a.factors) for a in adapters)
+    for module in tqdm(sorted(table), desc=f"merge ({args.output})", unit="module"):
+        params = method_params(args, module)
+        if args.output == "stacked":
+            a, b = stacked_factors(adapters, module, coefficients(args.method, table[module], **params))
+        else:
+            a, b, tail, total = svd_factors(adapters, module, args.method, table[module], params, rank)
+            errors[module] = (tail, total)
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise UserError(f"{module}: the merged weights are not finite (weights too large?)")
+        factors[module] = (a.to(dtype), b.to(dtype))
+    return factors, errors
+
+
+def ranks_of(factors):
+    """(r, rank_pattern): the most common rank, and the modules whose rank differs from it."""
+    ranks = {m: a.shape[0] for m, (a, _) in factors.items()}
+    common = max(sorted(set(ranks.values())), key=list(ranks.values()).count)
+    return common, {m: r for m, r in ranks.items() if r != common}
+
+
+def merge_info(args, adapters, table, base_model):
+    info = {"method": args.method, "output": args.output, "base_model": base_model,
+            "adapters": [{"path": a.path, "r": a.config.get("r"), "lora_alpha": a.config.get("lora_alpha"),
+                          "use_rslora": bool(a.config.get("use_rslora")), "dtype": str(a.dtype)}
+                         for a in adapters],
+            "weights": args.weights_file or next(iter(table.values())).tolist(),
+            "params": {k: v for k, v in vars(args).items()
+                       if k in ("normalize", "temperature", "scale", "density", "drop_rate",
+                                "majority_sign", "seed", "rank", "dtype")}}
+    if args.method in COEFFICIENTS:
+        lam = {m: coefficients(args.method, w, **method_params(args, m)).tolist() for m, w in table.items()}
+        distinct = {tuple(v) for v in lam.values()}
+        info["lambdas"] = list(distinct.pop()) if len(distinct) == 1 else lam
+    return info
+
+
+def write_template(path, modules, n):
+    write_json_atomic(path, {m: [1.0] * n for m in modules})
+    print(f"wrote {path}: {len(modules)} modules x {n} weights (all 1); edit and pass --weights-file")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+    start = time.time()
+    adapters = [load_adapter(path) for path in args.adapters]
+    check_compatible(adapters)
+    modules = sorted(adapters[0].factors)
+    if args.write_weights_template:
+        return write_template(args.write_weights_template, modules, len(adapters))
+    table = weights_table(args, modules, len(adapters))
+    base_model = args.base_model or adapters[0].config.get("base_model_name_or_path")
+    dtype = output_dtype(adapters, args.dtype)
+    info = merge_info(args, adapters, table, base_model)
+    with atomic_dir(args.out) as tmp:
+        if args.output == "full":
+            deltas = ((m, module_delta(adapters, m, args.method, table[m], method_params(args, m)))
+                      for m in tqdm(modules, desc="merge (full)", unit="module"))
+            write_full_model(tmp, base_model or "", args.adapters[0], deltas,
+                             None if args.dtype == "auto" else dtype, args.max_shard_size)
+            write_json_atomic(os.path.join(tmp, INFO_NAME), info)
+        else:
+            factors, errors = merge_adapter(args, adapters, table, dtype)
+            rank, pattern = ranks_of(factors)
+            info["rank"] = rank
+            if errors:
+                report_svd_errors(info, errors)
+            config = adapter_config(adapters[0].config, rank, base_model, pattern)
+            save_adapter(tmp, factors, config, info, tokenizer_from=args.adapters[0])
+        size = file_size(tmp)
+    print(f"merged {len(adapters)} adapters x {len(modules)} modules with {args.method} "
+          f"({args.output}) -> {args.out} ({size / 1e6:.1f} MB, {time.time() - start:.1f} s)")
+    if "lambdas" in info and isinstance(info["lambdas"], list):
+        print("lambdas: " + " ".join(f"{x:.4f}" for x in info["lambdas"]))
+
+
+def report_svd_errors(info, errors):
+    """Relative Frobenius error of the rank-r approximation, per module and overall, into info."""
+    per = {m: math.sqrt(t / s) if s > 0 else 0.0 for m, (t, s) in errors.items()}
+    overall = math.sqrt(sum(t for t, _ in errors.values()) / max(sum(s for _, s in errors.values()), 1e-300))
+    worst = max(per, key=per.get)
+    info["svd_relative_error"] = {"overall": overall, "per_module": per}
+    print(f"svd rank {info['rank']}: relative error overall {overall:.4g}, "
+          f"worst {per[worst]:.4g} ({worst})")
+
+
+if __name__ == "__main__":
+    run_main(main)
