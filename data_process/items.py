@@ -66,7 +66,7 @@ def kcore(users, items, k=5):
 def sequences(users, items, times, keep):
     """{user: [item, ...]} in time order; equal times keep the review file's line order.
 
-    Users come in order of first appearance in the file. Sorting is stable, so the
+    Users come in order of first appearance among the kept lines. Sorting is stable, so the
     tie-break for equal timestamps is the order of the lines in the review file.
     """
     by_user = defaultdict(list)

@@ -1,0 +1,238 @@
+"""data_process.process: real-data statistics, leave-one-out samples, titles, layouts, determinism, bad input."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from common.prompt import SEP, parse_user_prompt, split_titles
+from data_process import process
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N_ITEMS, N_USERS, PER_USER = 80, 80, 8
+UNTITLED = {6: "no title key", 16: "", 26: None}  # item 36 has no meta line at all
+SPECIAL = {0: ("Soap &amp; Water \n  Bar", "Acme"), 1: ("Red || Blue | Pen |", "Acme"),
+           2: ("Same Name", "BrandX"), 3: ("Same Name", "BrandY"), 4: ("Twin", "Z"), 5: ("Twin", "Z")}
+CLEAN = {0: "Soap & Water Bar", 1: "Red | Blue | Pen", 2: "Same Name (BrandX)",
+         3: "Same Name (BrandY)", 4: "Twin (A0004)", 5: "Twin (A0005)"}
+
+
+def asin(i):
+    return f"A{i:04d}"
+
+
+def expected_sequences():
+    """User u buys items u, u+10, ..., u+70 (mod 80) in this order; every item has 8 buyers."""
+    return {f"U{u:03d}": [(u + 10 * j) % N_ITEMS for j in range(PER_USER)] for u in range(N_USERS)}
+
+
+def review_lines():
+    """Lines in a scrambled file order; U000's 3rd and 4th items share a timestamp, 4th written first."""
+    recs = []
+    for u, (user, seq) in enumerate(expected_sequences().items()):
+        for j, item in enumerate(seq):
+            t = 1_300_000_000 + 86400 * (j if not (u == 0 and j == 3) else 2)
+            recs.append(((j * 37 + u * 11) % 101, u, j, {"reviewerID": user, "asin": asin(item),
+                                                            "unixReviewTime": t}))
+    recs.sort(key=lambda r: (r[0], r[1], r[2] if r[1] else -r[2]))
+    return [json.dumps(r[3]) + "\n" for r in recs]
+
+
+def user_order():
+    """Users in order of first appearance among the review lines of titled items."""
+    recs = [json.loads(line) for line in review_lines()]
+    return list(dict.fromkeys(r["reviewerID"] for r in recs if int(r["asin"][1:]) not in (6, 16, 26, 36)))
+
+
+def meta_records():
+    recs = []
+    for i in range(N_ITEMS):
+        if i == 36:
+            continue
+        rec = {"asin": asin(i), "title": f"Item number {i}", "brand": f"Brand{i % 7}"}
+        if i in SPECIAL:
+            rec["title"], rec["brand"] = SPECIAL[i]
+        if i in UNTITLED:
+            if UNTITLED[i] == "no title key":
+                del rec["title"]
+            else:
+                rec["title"] = UNTITLED[i]
+        recs.append(rec)
+    return recs
+
+
+def write_gz(path, lines):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.writelines(lines)
+
+
+def write_raw(folder, layout="2014", reviews=None, meta=None):
+    """Small raw files for Beauty: 80 users x 8 items; 2014 meta as Python literals, 2018 as JSON."""
+    os.makedirs(folder, exist_ok=True)
+    name = "reviews_Beauty_5.json.gz" if layout == "2014" else "Beauty_5.json.gz"
+    write_gz(os.path.join(folder, name), review_lines() if reviews is None else reviews)
+    dump = repr if layout == "2014" else json.dumps
+    write_gz(os.path.join(folder, "meta_Beauty.json.gz"),
+             [dump(r) + "\n" for r in meta_records()] if meta is None else meta)
+    return folder
+
+
+def run_process(raw, out, *extra):
+    process.main(["--raw-dir", str(raw), "--domain", "beauty", "--train-dir", str(out / "train"),
+                  "--test-dir", str(out / "test"), *extra])
+    return out
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def parts(sample):
+    msgs = sample["messages"]
+    history, cands = parse_user_prompt(msgs[1]["content"])
+    return history, cands, split_titles(msgs[2]["content"])
+
+
+@pytest.mark.parametrize("category, users, items, interactions", [
+    ("Beauty", 22363, 12101, 198502),
+    ("Sports_and_Outdoors", 35598, 18357, 296337),
+    ("Toys_and_Games", 19412, 11924, 167597),
+])
+def test_real_data_reproduces_published_statistics(shared_data, tmp_path, category, users, items,
+                                                   interactions):
+    process.main(["--raw-dir", str(shared_data), "--domain", category, "--train-dir", str(tmp_path / "tr"),
+                  "--test-dir", str(tmp_path / "te"), "--train-samples", "40", "--valid-samples", "10",
+                  "--test-users", "25"])
+    d = {"Beauty": "beauty", "Sports_and_Outdoors": "sports", "Toys_and_Games": "toys"}[category]
+    stats = json.load(open(tmp_path / "tr" / f"{d}.stats.json"))
+    assert (stats["users"], stats["items"], stats["interactions"]) == (users, items, interactions)
+    table = read(tmp_path / "tr" / f"{d}.items.jsonl")
+    titles = [r["title"] for r in table]
+    assert len(table) == items and len(set(titles)) == items
+    assert not any(SEP in t or t != t.strip() or t.startswith("|") or t.endswith("|") for t in titles)
+    assert sum(r["train_count"] for r in table) == interactions - 2 * users
+    assert len(read(tmp_path / "tr" / f"{d}.jsonl")) == 50
+    test = read(tmp_path / "te" / f"{d}.jsonl")
+    assert len(test) == 25 and len({r["user"] for r in test}) == 25
+    for sample in test:
+        history, cands, answer = parts(sample)
+        assert 1 <= len(history) <= 20 and len(cands) == 30 == len(set(cands))
+        assert set(cands) <= set(titles) and not set(history) & set(cands)
+        assert len(answer) == 5 and set(answer) <= set(cands)
+
+
+def test_leave_one_out_samples_follow_the_sequences(tmp_path):
+    out = run_process(write_raw(tmp_path / "raw"), tmp_path, "--history", "3", "--train-samples", "100000")
+    table = read(out / "train" / "beauty.items.jsonl")
+    title = {int(r["asin"][1:]): r["title"] for r in table}
+    seqs = {u: [i for i in s if i in title] for u, s in expected_sequences().items()}
+    seqs["U000"][2:4] = seqs["U000"][3], seqs["U000"][2]  # equal times: the file's line order
+    first_seen = user_order()
+    for split, offset in (("beauty", 1), ("beauty_valid", 2)):
+        rows = read(out / "test" / f"{split}.jsonl")
+        assert [r["user"] for r in rows] == first_seen  # every user, in first-appearance order
+        for row in rows:
+            seq = seqs[row["user"]]
+            history, cands, answer = parts(row)
+            prefix, target = seq[:len(seq) - offset], seq[len(seq) - offset]
+            assert history == [title[i] for i in prefix[-3:]]
+            assert answer[0] == title[target] and len(answer) == 5 and set(answer) <= set(cands)
+            assert len(set(cands)) == 30 and title[target] in cands
+            assert not {title[i] for i in prefix} & set(cands)  # negatives avoid the whole prefix
+    train = read(out / "train" / "beauty.jsonl")
+    assert len(train) == sum(len(s) - 2 for s in seqs.values())  # validation + every training position
+    counts = {i: sum(s[:-2].count(i) for s in seqs.values()) for i in title}
+    assert {int(r["asin"][1:]): r["train_count"] for r in table} == counts
+
+
+def test_titles_are_cleaned_disambiguated_and_untitled_items_dropped(tmp_path):
+    out = run_process(write_raw(tmp_path / "raw"), tmp_path, "--train-samples", "5")
+    title = {r["asin"]: r["title"] for r in read(out / "train" / "beauty.items.jsonl")}
+    assert {asin(i): title[asin(i)] for i in CLEAN} == {asin(i): t for i, t in CLEAN.items()}
+    assert not {asin(i) for i in (6, 16, 26, 36)} & set(title) and len(title) == 76
+    stats = json.load(open(out / "train" / "beauty.stats.json"))
+    assert stats["dropped"]["items_without_title"] == 3 and stats["dropped"]["items_without_meta"] == 1
+    assert (stats["users"], stats["items"], stats["interactions"]) == (80, 76, 608)
+    info = json.load(open(out / "train" / "dataset_info.json"))
+    assert info["beauty"]["file_name"] == "beauty.jsonl" and list(info) == ["beauty"]
+
+
+def test_refilter_5core_after_dropping_untitled_items(tmp_path):
+    out = run_process(write_raw(tmp_path / "raw"), tmp_path, "--refilter-5core", "--history", "0")
+    stats = json.load(open(out / "train" / "beauty.stats.json"))
+    # users u = 6 mod 10 lose 4 of 8 items; their other items only they bought then fall to 4 users
+    assert (stats["users"], stats["items"], stats["interactions"]) == (72, 72, 576)
+    rows = read(out / "test" / "beauty.jsonl")
+    assert not any(r["user"][-1] == "6" for r in rows) and all(len(parts(r)[0]) == 7 for r in rows)
+
+
+def test_2018_layout_gives_the_same_files_and_outputs_are_deterministic(tmp_path):
+    a = run_process(write_raw(tmp_path / "raw14"), tmp_path / "a", "--test-users", "30")
+    b = run_process(write_raw(tmp_path / "raw14"), tmp_path / "b", "--test-users", "30")
+    c = run_process(write_raw(tmp_path / "raw18", layout="2018"), tmp_path / "c", "--test-users", "30")
+    d = run_process(write_raw(tmp_path / "raw14"), tmp_path / "d", "--test-users", "30", "--seed", "7")
+    files = [os.path.join(sub, f) for sub in ("train", "test") for f in sorted(os.listdir(a / sub))]
+    assert len(files) == 6
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes() == (c / f).read_bytes(), f
+    assert (a / "train/beauty.jsonl").read_bytes() != (d / "train/beauty.jsonl").read_bytes()
+    users = [r["user"] for r in read(a / "test" / "beauty.jsonl")]
+    assert len(users) == 30 and users == [u for u in user_order() if u in users]
+    assert users == [r["user"] for r in read(a / "test" / "beauty_valid.jsonl")]
+
+
+def test_a_few_bad_lines_are_skipped_with_a_warning(tmp_path, capsys):
+    lines = review_lines()
+    raw = write_raw(tmp_path / "raw", reviews=lines[:100] + ["{not json\n"] + lines[100:])
+    out = run_process(raw, tmp_path, "--max-bad-fraction", "0.01")
+    assert "warning: skipped 1 bad of 641 lines" in capsys.readouterr().err
+    stats = json.load(open(out / "train" / "beauty.stats.json"))
+    assert stats["dropped"]["bad_review_lines"] == 1 and stats["interactions"] == 608
+
+
+def _gz(lines):
+    return gzip.compress("".join(lines).encode(), mtime=0)
+
+
+REVIEWS, META = "reviews_Beauty_5.json.gz", "meta_Beauty.json.gz"
+BAD_INPUTS = {
+    "truncated gzip": (REVIEWS, lambda: _gz(review_lines())[:-40], "truncated gzip"),
+    "not gzip": (REVIEWS, lambda: "".join(review_lines()).encode(), "not a gzip file"),
+    "invalid line": (REVIEWS, lambda: _gz(review_lines()[:5] + ["{oops\n"] + review_lines()[5:]),
+                     "not valid JSON"),
+    "missing asin": (REVIEWS, lambda: _gz(['{"reviewerID": "U1", "unixReviewTime": 5}\n'] + review_lines()),
+                     "missing 'asin'"),
+    "missing reviewerID": (REVIEWS, lambda: _gz(review_lines() + ['{"asin": "A0001", "unixReviewTime": 5}\n']),
+                           "missing 'reviewerID'"),
+    "meta call": (META, lambda: _gz([repr(r) + "\n" for r in meta_records()]
+                                    + ["__import__('os').system('touch PWNED')\n"]), "neither JSON nor"),
+    "meta call in a field": (META, lambda: _gz(["{'asin': 'A0001', 'title': __import__('os').system('touch PWNED')}\n"]
+                                               + [repr(r) + "\n" for r in meta_records()]), "neither JSON nor"),
+    "empty reviews": (REVIEWS, lambda: _gz([]), "empty file"),
+    "zero-byte meta": (META, lambda: b"", "empty file"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS) + ["unknown category", "missing file"])
+def test_bad_input_is_one_line_error_and_leaves_no_output(tmp_path, case):
+    raw = write_raw(tmp_path / "raw")
+    domain = "beautyy" if case == "unknown category" else "beauty"
+    if case == "missing file":
+        os.remove(raw / META)
+    elif case in BAD_INPUTS:
+        name, content, _ = BAD_INPUTS[case]
+        (raw / name).write_bytes(content())
+    proc = subprocess.run([sys.executable, "-m", "data_process.process", "--raw-dir", str(raw), "--domain",
+                           domain, "--train-dir", str(tmp_path / "tr"), "--test-dir", str(tmp_path / "te")],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
+                          text=True, timeout=120)
+    expected = {"unknown category": "unknown domain 'beautyy'", "missing file": "no metadata file"}
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert expected.get(case, BAD_INPUTS.get(case, (0, 0, ""))[2]) in lines[0]
+    assert not (tmp_path / "tr").exists() and not (tmp_path / "te").exists()
+    assert not (tmp_path / "PWNED").exists()
