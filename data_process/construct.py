@@ -85,6 +85,7 @@ def main(argv=None):
     check_names(target, sources)
     if args.cap < 1:
         raise UserError("--cap must be at least 1")
+    dataset_info.load(args.train_dir)  # a broken registry stops the run before anything is written
     lines = {d: read_lines(domain_file(args.train_dir, d)) for d in [target, *sources]}
     outputs = {f"{target}_{s}": [target, s] for s in sources}
     if args.all_mixed:
