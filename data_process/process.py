@@ -18,7 +18,7 @@ from tqdm import tqdm
 from common import dataset_info
 from common.cli import UserError, run_main
 from common.domains import category, short_name
-from common.io import atomic_path, dump_jsonl_line, write_json_atomic, write_jsonl_atomic
+from common.io import atomic_path, write_json_atomic, write_jsonl_atomic
 from data_process import items as it
 from data_process.readers import raw_files, read_meta, read_reviews
 from data_process.samples import SampleBuilder, train_positions
@@ -105,25 +105,24 @@ def write_outputs(args, domain, user_names, seqs, builder, stats):
     """Render and write the test, valid and train files; return the sample counts."""
     rng = lambda stream: np.random.default_rng([args.seed, stream])  # noqa: E731
     test_users = pick_users(len(seqs), args.test_users, rng(TEST_USERS))
-    test_rng = rng(TEST_NEG)
-    write_jsonl_atomic(os.path.join(args.test_dir, f"{domain}.jsonl"), (
-        {**builder.build(seqs[u], len(seqs[u]) - 1, test_rng), "user": user_names[u]}
-        for u in tqdm(test_users, desc=f"{domain} test", disable=None)))
-    valid_rng = rng(VALID_NEG)
-    valid = [builder.build(s, len(s) - 2, valid_rng) for s in tqdm(seqs, desc=f"{domain} valid", disable=None)]
-    write_jsonl_atomic(os.path.join(args.test_dir, f"{domain}_valid.jsonl"),
-                       ({**valid[u], "user": user_names[u]} for u in test_users))
+    test_draws = builder.draws(rng(TEST_NEG))
+    with atomic_path(os.path.join(args.test_dir, f"{domain}.jsonl")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for u in tqdm(test_users, desc=f"{domain} test", disable=None):
+            f.write(builder.render(builder.build(seqs[u], len(seqs[u]) - 1, test_draws), user_names[u]))
+    valid_draws = builder.draws(rng(VALID_NEG))
+    valid = [builder.build(s, len(s) - 2, valid_draws) for s in tqdm(seqs, desc=f"{domain} valid", disable=None)]
+    with atomic_path(os.path.join(args.test_dir, f"{domain}_valid.jsonl")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(builder.render(valid[u], user_names[u]) for u in test_users)
     n_valid = len(seqs) if args.valid_samples == -1 else args.valid_samples
     in_train = [(u, None) for u in pick_users(len(seqs), n_valid, rng(VALID_PICK))] if n_valid else []
     picks, available = train_positions([len(s) for s in seqs], args.train_samples, rng(TRAIN_PICK))
     rows = in_train + picks
     order = rng(SHUFFLE).permutation(len(rows)).tolist()
-    train_rng = rng(TRAIN_NEG)
-    with atomic_path(os.path.join(args.train_dir, f"{domain}.jsonl")) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for j in tqdm(order, desc=f"{domain} train", disable=None):
-                u, k = rows[j]
-                f.write(dump_jsonl_line(valid[u] if k is None else builder.build(seqs[u], k, train_rng)))
+    train_draws = builder.draws(rng(TRAIN_NEG))
+    with atomic_path(os.path.join(args.train_dir, f"{domain}.jsonl")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for j in tqdm(order, desc=f"{domain} train", disable=None):
+            u, k = rows[j]
+            f.write(builder.render(valid[u] if k is None else builder.build(seqs[u], k, train_draws)))
     return {"train_file": len(rows), "train_file_valid": len(in_train), "train_file_train": len(picks),
             "train_positions": available, "test": len(test_users), "valid": len(test_users)}
 

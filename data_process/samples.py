@@ -7,10 +7,12 @@ distinct negatives drawn uniformly from the items outside i_0..i_k, shuffled. Th
 target, then the first 4 negatives drawn (reference-behaviour.md, with its sampling defects fixed).
 """
 
+import json
+
 import numpy as np
 
 from common.cli import UserError
-from common.prompt import TOP_K, make_sample
+from common.prompt import CANDIDATES_CLOSE, CANDIDATES_OPEN, HISTORY_OPEN, SEP, SYSTEM, TOP_K, make_sample
 
 
 def train_positions(lengths, count, rng):
@@ -23,8 +25,47 @@ def train_positions(lengths, count, rng):
     return [(int(u), int(p - offsets[u]) + 1) for u, p in zip(users, picks)], total
 
 
+class Draws:
+    """A seeded generator's uniform draws, taken in bulk and handed out in order (fast, deterministic)."""
+
+    def __init__(self, rng, n_items, n_candidates, block=1 << 16):
+        self.rng, self.n, self.m, self.block = rng, n_items, n_candidates, block
+        self.ints, self.pos, self.perms = [], 0, []
+
+    def negatives(self, excluded, need):
+        """`need` distinct item ids outside `excluded`, by rejection sampling."""
+        chosen, seen = [], set(excluded)
+        ints, pos = self.ints, self.pos
+        while len(chosen) < need:
+            if pos == len(ints):
+                ints, pos = self.rng.integers(0, self.n, size=self.block).tolist(), 0
+                self.ints = ints
+            item = ints[pos]
+            pos += 1
+            if item not in seen:
+                seen.add(item)
+                chosen.append(item)
+        self.pos = pos
+        return chosen
+
+    def permutation(self):
+        if not self.perms:
+            keys = self.rng.random((self.block // self.m + 1, self.m))
+            self.perms = keys.argsort(axis=1, kind="stable").tolist()[::-1]
+        return self.perms.pop()
+
+
+def _esc(text):
+    """`text` escaped as inside a JSON string (as json.dumps with ensure_ascii=False writes it)."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
 class SampleBuilder:
-    """Renders samples from id sequences; `titles[i]` is item i's title."""
+    """Builds samples as item ids and renders them as jsonl lines; `titles[i]` is item i's title.
+
+    render() writes exactly the bytes of common.io.dump_jsonl_line(common.prompt.make_sample(...)),
+    escaping each title once instead of once per sample (tests check the two agree).
+    """
 
     def __init__(self, titles, history=20, candidates=30):
         if candidates < TOP_K:
@@ -32,32 +73,36 @@ class SampleBuilder:
         if history < 0:
             raise UserError("--history must be 0 (all items) or positive")
         self.titles, self.history, self.candidates = titles, history, candidates
+        self.escaped = [_esc(t) for t in titles]
+        self.head = ('{"messages": [{"role": "system", "content": "' + _esc(SYSTEM) + '"}, '
+                     '{"role": "user", "content": "' + _esc(HISTORY_OPEN))
+        self.middle = _esc(CANDIDATES_OPEN)
+        self.tail = _esc(CANDIDATES_CLOSE) + '"}, {"role": "assistant", "content": "'
 
-    def negatives(self, excluded, rng):
-        """candidates-1 distinct item ids outside `excluded`, by seeded rejection sampling."""
-        need, n = self.candidates - 1, len(self.titles)
-        if n - len(excluded) < need:
-            raise UserError(f"only {n} items: too few for {self.candidates} candidates "
-                            f"outside a history of {len(excluded) - 1}")
-        chosen, seen = [], set(excluded)
-        while len(chosen) < need:
-            for item in rng.integers(0, n, size=2 * need + 8).tolist():
-                if item not in seen:
-                    seen.add(item)
-                    chosen.append(item)
-                    if len(chosen) == need:
-                        break
-        return chosen
+    def draws(self, rng):
+        return Draws(rng, len(self.titles), self.candidates)
 
-    def build(self, seq, k, rng):
-        """The sharegpt sample whose target is seq[k]."""
+    def build(self, seq, k, draws):
+        """(history ids, candidate ids in shown order, answer ids) of the sample whose target is seq[k]."""
         target, prefix = seq[k], seq[:k]
         excluded = set(prefix)
         excluded.add(target)
-        negs = self.negatives(excluded, rng)
+        if len(self.titles) - len(excluded) < self.candidates - 1:
+            raise UserError(f"only {len(self.titles)} items: too few for {self.candidates} candidates "
+                            f"outside a history of {len(excluded) - 1}")
+        negs = draws.negatives(excluded, self.candidates - 1)
         cands = negs + [target]
-        order = rng.permutation(len(cands)).tolist()
         shown = prefix[-self.history:] if self.history else prefix
-        titles = self.titles
-        return make_sample([titles[i] for i in shown], [titles[cands[j]] for j in order],
-                           [titles[target]] + [titles[i] for i in negs[:TOP_K - 1]])
+        return shown, [cands[j] for j in draws.permutation()], [target] + negs[:TOP_K - 1]
+
+    def render(self, sample, user=None):
+        """The sample's jsonl line (with a "user" field when `user` is given)."""
+        esc, history, cands, answer = self.escaped, *sample
+        line = (self.head + SEP.join([esc[i] for i in history]) + self.middle
+                + SEP.join([esc[i] for i in cands]) + self.tail + SEP.join([esc[i] for i in answer]) + '"}]')
+        return line + (', "user": "' + _esc(user) + '"}\n' if user is not None else "}\n")
+
+    def sample_dict(self, sample):
+        """The same sample as common.prompt.make_sample builds it."""
+        history, cands, answer = ([self.titles[i] for i in ids] for ids in sample)
+        return make_sample(history, cands, answer)

@@ -8,8 +8,12 @@ import sys
 
 import pytest
 
+import numpy as np
+
+from common.io import dump_jsonl_line
 from common.prompt import SEP, parse_user_prompt, split_titles
 from data_process import process
+from data_process.samples import SampleBuilder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_ITEMS, N_USERS, PER_USER = 80, 80, 8
@@ -116,6 +120,8 @@ def test_real_data_reproduces_published_statistics(shared_data, tmp_path, catego
     assert not any(SEP in t or t != t.strip() or t.startswith("|") or t.endswith("|") for t in titles)
     assert sum(r["train_count"] for r in table) == interactions - 2 * users
     assert len(read(tmp_path / "tr" / f"{d}.jsonl")) == 50
+    raw_lines = (tmp_path / "te" / f"{d}.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    assert all(dump_jsonl_line(json.loads(line)) == line for line in raw_lines)
     test = read(tmp_path / "te" / f"{d}.jsonl")
     assert len(test) == 25 and len({r["user"] for r in test}) == 25
     for sample in test:
@@ -123,6 +129,17 @@ def test_real_data_reproduces_published_statistics(shared_data, tmp_path, catego
         assert 1 <= len(history) <= 20 and len(cands) == 30 == len(set(cands))
         assert set(cands) <= set(titles) and not set(history) & set(cands)
         assert len(answer) == 5 and set(answer) <= set(cands)
+
+
+def test_fast_rendering_matches_make_sample_byte_for_byte():
+    titles = ['Say "hi" \\ back', "Crème brûlée kit ✓", "Tab\u2028sep", "日本語 タイトル", "a/b <c> & d"] + \
+             [f"Item {i}" for i in range(40)]
+    builder = SampleBuilder(titles, history=3, candidates=30)
+    draws = builder.draws(np.random.default_rng(0))
+    for k in range(1, 6):
+        sample = builder.build([0, 1, 2, 3, 4, 5], k, draws)
+        assert builder.render(sample) == dump_jsonl_line(builder.sample_dict(sample))
+        assert builder.render(sample, 'U"1') == dump_jsonl_line({**builder.sample_dict(sample), "user": 'U"1'})
 
 
 def test_leave_one_out_samples_follow_the_sequences(tmp_path):
