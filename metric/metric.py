@@ -93,32 +93,43 @@ def pairs_to_compare(args, names, best):
     return pairs
 
 
+def _cells(center, low, high, start, p=None, key="value"):
+    """{metric: {key, low, high[, p]}} for the METRICS columns starting at `start`."""
+    def at(arr, i):
+        return None if arr is None else float(arr[i])
+    cells = {}
+    for j, m in enumerate(METRICS):
+        i = start + j
+        cells[m] = {key: float(center[i]), "low": at(low, i), "high": at(high, i)}
+        if key == "diff":
+            cells[m]["p"] = at(p, i)
+    return cells
+
+
 def summarise(rows, pairs, n_boot, seed):
-    """Metric values with intervals per row, and paired differences with intervals and p-values."""
+    """Metric values with intervals per row, and paired differences with intervals and p-values.
+
+    All rows share the same bootstrap resamples of users, so a paired interval is the percentile
+    interval of the resampled difference of means; one sign-flip pass serves every comparison.
+    """
+    k, index = len(METRICS), {r[0]: i for i, r in enumerate(rows)}
     values = np.concatenate([r[3] for r in rows], axis=1)  # users x (rows * metrics)
+    cols = [(slice(index[a] * k, index[a] * k + k), slice(index[b] * k, index[b] * k + k)) for a, b in pairs]
     means = values.mean(axis=0)
-    k = len(METRICS)
-    index = {r[0]: i for i, r in enumerate(rows)}
+    diff_means = np.concatenate([means[sa] - means[sb] for sa, sb in cols]) if pairs else None
+    low = high = dlow = dhigh = p = None
     if n_boot:
         boot = stats.bootstrap_means(values, n_boot, seed, progress=values.shape[0] > 10000)
         low, high = stats.percentile_interval(boot, LEVEL)
-    summaries = []
-    for i, (name, kind, path, _) in enumerate(rows):
-        metrics = {m: {"value": float(means[i * k + j]),
-                       "low": float(low[i * k + j]) if n_boot else None,
-                       "high": float(high[i * k + j]) if n_boot else None} for j, m in enumerate(METRICS)}
-        summaries.append({"name": name, "kind": kind, "file": path, "metrics": metrics})
-    comparisons = []
-    for a, b in pairs:
-        sa, sb = slice(index[a] * k, index[a] * k + k), slice(index[b] * k, index[b] * k + k)
-        diff = means[sa] - means[sb]
-        if n_boot:
-            dlow, dhigh = stats.percentile_interval(boot[:, sa] - boot[:, sb], LEVEL)
-            p = stats.sign_flip_pvalues(values[:, sa] - values[:, sb], n_boot, seed)
-        metrics = {m: {"diff": float(diff[j]), "low": float(dlow[j]) if n_boot else None,
-                       "high": float(dhigh[j]) if n_boot else None,
-                       "p": float(p[j]) if n_boot else None} for j, m in enumerate(METRICS)}
-        comparisons.append({"a": a, "b": b, "metrics": metrics})
+        if pairs:
+            diffs = np.concatenate([values[:, sa] - values[:, sb] for sa, sb in cols], axis=1)
+            boot_diff = np.concatenate([boot[:, sa] - boot[:, sb] for sa, sb in cols], axis=1)
+            dlow, dhigh = stats.percentile_interval(boot_diff, LEVEL)
+            p = stats.sign_flip_pvalues(diffs, n_boot, seed, progress=values.shape[0] > 10000)
+    summaries = [{"name": name, "kind": kind, "file": path, "metrics": _cells(means, low, high, i * k)}
+                 for i, (name, kind, path, _) in enumerate(rows)]
+    comparisons = [{"a": a, "b": b, "metrics": _cells(diff_means, dlow, dhigh, c * k, p, key="diff")}
+                   for c, (a, b) in enumerate(pairs)]
     return summaries, comparisons
 
 

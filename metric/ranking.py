@@ -25,20 +25,26 @@ RATE_METRICS = ("valid", "short", "repeated")
 METRICS = RANK_METRICS + RATE_METRICS
 
 
+_NORMALISERS = {"exact": lambda t: t, "trim": str.strip, "casefold": lambda t: t.strip().casefold()}
+
+
+def normaliser(match):
+    """The function that maps a title to its compared form under a matching mode."""
+    try:
+        return _NORMALISERS[match]
+    except KeyError:
+        raise ValueError(f"unknown match mode {match!r}; use one of {MATCH_MODES}") from None
+
+
 def normalise(title, match):
     """A title as compared under a matching mode (see the module docstring)."""
-    if match == "exact":
-        return title
-    if match == "trim":
-        return title.strip()
-    if match == "casefold":
-        return title.strip().casefold()
-    raise ValueError(f"unknown match mode {match!r}; use one of {MATCH_MODES}")
+    return normaliser(match)(title)
 
 
 def fields(text, match):
     """The answer's `||` fields, normalised, in place (empty fields kept: they hold positions)."""
-    return [normalise(f, match) for f in text.split(SEP)]
+    norm = normaliser(match)
+    return [norm(f) for f in text.split(SEP)]
 
 
 def truth_of(answer, match):
