@@ -1,8 +1,10 @@
-"""Synthetic multi-domain Amazon-like data: reads nothing, writes reviews_<Category>_5.json.gz + meta_<Category>.json.gz.
+"""Synthetic Amazon-like domains: reads nothing, writes reviews_<Cat>_5.json.gz + meta_<Cat>.json.gz.
 
 The files follow the 2014 download layout (review lines are JSON; meta lines are Python dict
 literals), so data_process.process runs on them unchanged. Every user and item has at least 5
-interactions (5-core), no user meets an item twice, and each user's timestamps strictly increase.
+interactions (5-core: items too rare to reach 5 are dropped from the catalogue and the users are
+drawn again, so no sequence has a gap), no user meets an item twice, and each user's timestamps
+strictly increase.
 
 Item titles are "<Brand> <colour> <product type> [<variant>]" (3-6 words). The colour words are
 shared by every domain; brands and product types are the domain's own. The colours come in fixed
@@ -44,7 +46,7 @@ from common.io import atomic_path
 # pairs: (0, 1), (2, 3), ...; the "conflicting" rule maps a colour to its partner
 COLOURS = ["black", "white", "red", "green", "blue", "orange", "pink", "grey",
            "purple", "yellow", "silver", "gold", "navy", "teal", "brown", "beige"]
-VARIANTS = ["", "", "Mini", "Pro", "XL", "Deluxe", "Travel", "2 Pack", "Set of 3", "Size M"]
+VARIANTS = ["", "", "Mini", "Pro", "XL", "Deluxe", "Travel", "2 Pack", "3 Pack", "Size M"]
 VOCAB = {  # domain -> (display category, brands, product types)
     "sports": ("Sports & Outdoors",
                "Trailmax Summitco Ridgeline Aquafin Peakform Kinetix Stridex Campwell Velotrax Dunegear",
@@ -135,7 +137,7 @@ def pick_item(rng, colour, weights, used):
     """A popularity-weighted item of `colour` the user has not met yet (any colour if exhausted)."""
     pool = np.arange(colour, len(weights), len(COLOURS))
     w = weights[pool] * ~np.isin(pool, used)
-    if w.sum() == 0:
+    if w.sum() == 0:  # this colour is used up (or dropped): any colour
         pool = np.arange(len(weights))
         w = weights * ~np.isin(pool, used)
     return int(pool[rng.choice(len(pool), p=w / w.sum())])
@@ -164,15 +166,21 @@ def simulate_domain(domain, agreement, users, tastes, weights, args):
     return sequences
 
 
-def five_core(sequences, k=5):
-    """Drop items and users with fewer than k interactions until none is left; order is kept."""
-    while True:
-        counts = np.bincount([i for seq in sequences.values() for i in seq])
-        kept = {u: [i for i in seq if counts[i] >= k] for u, seq in sequences.items()}
-        kept = {u: seq for u, seq in kept.items() if len(seq) >= k}
-        if kept == sequences:
-            return kept
-        sequences = kept
+def simulate_5core(domain, agreement, users, tastes, weights, args, k=5):
+    """Simulate; while some items get fewer than k interactions, drop them from the catalogue and
+    draw the users again (removing items afterwards would join unrelated neighbours)."""
+    weights = weights.copy()
+    for _ in range(20):
+        sequences = simulate_domain(domain, agreement, users, tastes, weights, args)
+        counts = np.bincount([i for seq in sequences.values() for i in seq], minlength=len(weights))
+        rare = (counts < k) & (weights > 0)
+        if not rare.any():
+            return sequences, int(np.count_nonzero(weights == 0))
+        weights[rare] = 0.0
+        if np.count_nonzero(weights) < max(2 * args.max_len, len(COLOURS)):
+            break
+    raise UserError(f"{domain}: too few interactions for --items {args.items}; "
+                    "raise --users or lower --items")
 
 
 def review_lines(domain, sequences, users, seed):
@@ -276,7 +284,7 @@ def main(argv=None):
     asins = set()
     for domain in args.domains:
         items, weights = build_catalog(domain, args.items, args.popularity, args.seed, asins)
-        sequences = five_core(simulate_domain(domain, agreement[domain], users, tastes, weights, args))
+        sequences, rare = simulate_5core(domain, agreement[domain], users, tastes, weights, args)
         seqs = {u: [items[i] for i in seq] for u, seq in sequences.items()}
         used = sorted({i for seq in sequences.values() for i in seq})
         cat = category(domain)
@@ -286,7 +294,7 @@ def main(argv=None):
         write_gzip_lines(meta, (meta_line(domain, items[i]) for i in used))
         n = sum(len(s) for s in seqs.values())
         print(f"{domain}: agreement {agreement[domain]:+.2f}, {len(seqs)} users, {len(used)} items, "
-              f"{n} interactions -> {reviews}, {meta}")
+              f"{n} interactions ({rare} items too rare, dropped) -> {reviews}, {meta}")
     return 0
 
 
