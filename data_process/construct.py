@@ -57,9 +57,8 @@ def mix(name, parts, cap, seed, train_dir):
         picks = rng.choice(len(lines), size=min(cap, len(lines)), replace=False)
         chosen.extend(lines[i] for i in picks.tolist())
     order = rng.permutation(len(chosen)).tolist()
-    with atomic_path(os.path.join(train_dir, f"{name}.jsonl")) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(chosen[i] for i in order)
+    with atomic_path(os.path.join(train_dir, f"{name}.jsonl")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(chosen[i] for i in order)
     return len(chosen)
 
 

@@ -127,8 +127,7 @@ def resolve_source(mirror):
     """A local folder or an http(s) URL prefix; UserError for anything else."""
     if not mirror:
         return DEFAULT_BASE_URL
-    if mirror.startswith("file://"):
-        mirror = mirror[len("file://"):]
+    mirror = mirror.removeprefix("file://")
     if os.path.isdir(mirror) or mirror.startswith(("http://", "https://")):
         return mirror
     raise UserError(f"--mirror {mirror}: neither an existing folder nor an http(s):// URL prefix")

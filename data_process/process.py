@@ -9,7 +9,6 @@ input stops the run and which is skipped with a warning.
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
@@ -101,29 +100,41 @@ def pick_users(n, count, rng):
     return sorted(rng.choice(n, size=count, replace=False).tolist())
 
 
-def write_outputs(args, domain, user_names, seqs, builder, stats):
+def _write(path, lines):
+    """Write an iterable of jsonl lines to `path` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+
+
+def write_outputs(args, domain, user_names, seqs, builder):
     """Render and write the test, valid and train files; return the sample counts."""
-    rng = lambda stream: np.random.default_rng([args.seed, stream])  # noqa: E731
+    def rng(stream):
+        return np.random.default_rng([args.seed, stream])
+
+    def bar(items, split):
+        return tqdm(items, desc=f"{domain} {split}", disable=None)
+
     test_users = pick_users(len(seqs), args.test_users, rng(TEST_USERS))
-    test_draws = builder.draws(rng(TEST_NEG))
-    with atomic_path(os.path.join(args.test_dir, f"{domain}.jsonl")) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for u in tqdm(test_users, desc=f"{domain} test", disable=None):
-            f.write(builder.render(builder.build(seqs[u], len(seqs[u]) - 1, test_draws), user_names[u]))
-    valid_draws = builder.draws(rng(VALID_NEG))
-    valid = [builder.build(s, len(s) - 2, valid_draws) for s in tqdm(seqs, desc=f"{domain} valid", disable=None)]
-    with atomic_path(os.path.join(args.test_dir, f"{domain}_valid.jsonl")) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(builder.render(valid[u], user_names[u]) for u in test_users)
+    draws = builder.draws(rng(TEST_NEG))
+    _write(os.path.join(args.test_dir, f"{domain}.jsonl"),
+           (builder.render(builder.build(seqs[u], len(seqs[u]) - 1, draws), user_names[u])
+            for u in bar(test_users, "test")))
+    draws = builder.draws(rng(VALID_NEG))
+    valid = [builder.build(s, len(s) - 2, draws) for s in bar(seqs, "valid")]
+    _write(os.path.join(args.test_dir, f"{domain}_valid.jsonl"),
+           (builder.render(valid[u], user_names[u]) for u in test_users))
     n_valid = len(seqs) if args.valid_samples == -1 else args.valid_samples
-    in_train = [(u, None) for u in pick_users(len(seqs), n_valid, rng(VALID_PICK))] if n_valid else []
+    rows = [(u, None) for u in pick_users(len(seqs), n_valid, rng(VALID_PICK))] if n_valid else []
     picks, available = train_positions([len(s) for s in seqs], args.train_samples, rng(TRAIN_PICK))
-    rows = in_train + picks
-    order = rng(SHUFFLE).permutation(len(rows)).tolist()
+    rows += picks
     train_draws = builder.draws(rng(TRAIN_NEG))
-    with atomic_path(os.path.join(args.train_dir, f"{domain}.jsonl")) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for j in tqdm(order, desc=f"{domain} train", disable=None):
-            u, k = rows[j]
-            f.write(builder.render(valid[u] if k is None else builder.build(seqs[u], k, train_draws)))
-    return {"train_file": len(rows), "train_file_valid": len(in_train), "train_file_train": len(picks),
+
+    def train_line(u, k):  # k None: the user's validation sample, shared with the valid file
+        return builder.render(valid[u] if k is None else builder.build(seqs[u], k, train_draws))
+
+    order = rng(SHUFFLE).permutation(len(rows)).tolist()
+    _write(os.path.join(args.train_dir, f"{domain}.jsonl"), (train_line(*rows[j]) for j in bar(order, "train")))
+    return {"train_file": len(rows), "train_file_valid": len(rows) - len(picks), "train_file_train": len(picks),
             "train_positions": available, "test": len(test_users), "valid": len(test_users)}
 
 
@@ -139,7 +150,7 @@ def main(argv=None):
     write_jsonl_atomic(os.path.join(args.train_dir, f"{domain}.items.jsonl"), (
         {"id": i, "asin": a, "title": t, "train_count": c}
         for i, (a, t, c) in enumerate(zip(item_asins, titles, counts))))
-    stats["samples"] = write_outputs(args, domain, user_names, seqs, builder, stats)
+    stats["samples"] = write_outputs(args, domain, user_names, seqs, builder)
     stats["options"] = {k: getattr(args, k) for k in
                         ("train_samples", "valid_samples", "test_users", "history", "candidates",
                          "seed", "refilter_5core")}

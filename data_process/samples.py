@@ -12,7 +12,15 @@ import json
 import numpy as np
 
 from common.cli import UserError
-from common.prompt import CANDIDATES_CLOSE, CANDIDATES_OPEN, HISTORY_OPEN, SEP, SYSTEM, TOP_K, make_sample
+from common.prompt import (
+    CANDIDATES_CLOSE,
+    CANDIDATES_OPEN,
+    HISTORY_OPEN,
+    SEP,
+    SYSTEM,
+    TOP_K,
+    make_sample,
+)
 
 
 def train_positions(lengths, count, rng):

@@ -6,9 +6,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import numpy as np
+import pytest
 
 from common.io import dump_jsonl_line
 from common.prompt import SEP, parse_user_prompt, split_titles
@@ -112,7 +111,7 @@ def test_real_data_reproduces_published_statistics(shared_data, tmp_path, catego
                   "--test-dir", str(tmp_path / "te"), "--train-samples", "40", "--valid-samples", "10",
                   "--test-users", "25"])
     d = {"Beauty": "beauty", "Sports_and_Outdoors": "sports", "Toys_and_Games": "toys"}[category]
-    stats = json.load(open(tmp_path / "tr" / f"{d}.stats.json"))
+    stats = json.loads((tmp_path / "tr" / f"{d}.stats.json").read_text())
     assert (stats["users"], stats["items"], stats["interactions"]) == (users, items, interactions)
     table = read(tmp_path / "tr" / f"{d}.items.jsonl")
     titles = [r["title"] for r in table]
@@ -171,16 +170,16 @@ def test_titles_are_cleaned_disambiguated_and_untitled_items_dropped(tmp_path):
     title = {r["asin"]: r["title"] for r in read(out / "train" / "beauty.items.jsonl")}
     assert {asin(i): title[asin(i)] for i in CLEAN} == {asin(i): t for i, t in CLEAN.items()}
     assert not {asin(i) for i in (6, 16, 26, 36)} & set(title) and len(title) == 76
-    stats = json.load(open(out / "train" / "beauty.stats.json"))
+    stats = json.loads((out / "train" / "beauty.stats.json").read_text())
     assert stats["dropped"]["items_without_title"] == 3 and stats["dropped"]["items_without_meta"] == 1
     assert (stats["users"], stats["items"], stats["interactions"]) == (80, 76, 608)
-    info = json.load(open(out / "train" / "dataset_info.json"))
+    info = json.loads((out / "train" / "dataset_info.json").read_text())
     assert info["beauty"]["file_name"] == "beauty.jsonl" and list(info) == ["beauty"]
 
 
 def test_refilter_5core_after_dropping_untitled_items(tmp_path):
     out = run_process(write_raw(tmp_path / "raw"), tmp_path, "--refilter-5core", "--history", "0")
-    stats = json.load(open(out / "train" / "beauty.stats.json"))
+    stats = json.loads((out / "train" / "beauty.stats.json").read_text())
     # users u = 6 mod 10 lose 4 of 8 items; their other items only they bought then fall to 4 users
     assert (stats["users"], stats["items"], stats["interactions"]) == (72, 72, 576)
     rows = read(out / "test" / "beauty.jsonl")
@@ -207,7 +206,7 @@ def test_a_few_bad_lines_are_skipped_with_a_warning(tmp_path, capsys):
     raw = write_raw(tmp_path / "raw", reviews=lines[:100] + ["{not json\n"] + lines[100:])
     out = run_process(raw, tmp_path, "--max-bad-fraction", "0.01")
     assert "warning: skipped 1 bad of 641 lines" in capsys.readouterr().err
-    stats = json.load(open(out / "train" / "beauty.stats.json"))
+    stats = json.loads((out / "train" / "beauty.stats.json").read_text())
     assert stats["dropped"]["bad_review_lines"] == 1 and stats["interactions"] == 608
 
 
@@ -245,7 +244,7 @@ def test_bad_input_is_one_line_error_and_leaves_no_output(tmp_path, case):
         (raw / name).write_bytes(content())
     proc = subprocess.run([sys.executable, "-m", "data_process.process", "--raw-dir", str(raw), "--domain",
                            domain, "--train-dir", str(tmp_path / "tr"), "--test-dir", str(tmp_path / "te")],
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO}, check=False, capture_output=True,
                           text=True, timeout=120)
     expected = {"unknown category": "unknown domain 'beautyy'", "missing file": "no metadata file"}
     lines = proc.stderr.strip().splitlines()
