@@ -28,6 +28,8 @@ def read_lines_strict(path, what):
             lines = f.read().split("\n")
     except UnicodeDecodeError:
         raise UserError(f"{what} {path} is not UTF-8 text (expected jsonl)") from None
+    except OSError as err:
+        raise UserError(f"cannot read {what} {path}: {err.strerror}") from None
     while lines and not lines[-1].strip():
         lines.pop()
     rows = []
@@ -44,8 +46,8 @@ def read_lines_strict(path, what):
 
 
 def load_test(path, match):
-    """(raw answers, normalised truths, candidate title lists, normalised candidate sets)."""
-    answers, truths, cand_lists, cand_sets = [], [], [], []
+    """(normalised truths, candidate title lists, normalised candidate sets), one per line."""
+    truths, cand_lists, cand_sets = [], [], []
     for lineno, row in enumerate(read_lines_strict(path, "test file"), 1):
         _, user, answer = sample_parts(row, lineno)
         if not isinstance(answer, str) or not answer.strip():
@@ -54,11 +56,10 @@ def load_test(path, match):
             _, cands = parse_user_prompt(user)
         except UserError as err:
             raise UserError(f"{path}:{lineno}: {err}") from None
-        answers.append(answer)
         truths.append(truth_of(answer, match))
         cand_lists.append(cands)
         cand_sets.append({normalise(c, match) for c in cands})
-    return answers, truths, cand_lists, cand_sets
+    return truths, cand_lists, cand_sets
 
 
 def _output_of(row, index, truth, match, where):

@@ -153,17 +153,29 @@ def settings(args, n_lines):
 
 
 def write_outputs(out_dir, rep):
+    try:
+        _write_outputs(out_dir, rep)
+    except OSError as err:
+        raise UserError(f"cannot write the report into {out_dir}: {err.strerror or err}") from None
+
+
+def _write_outputs(out_dir, rep):
+    md, png = report.markdown(rep), report.bar_chart_png(rep)  # render all before writing any
     write_json_atomic(os.path.join(out_dir, "metrics.json"), rep)
-    write_text_atomic(os.path.join(out_dir, "metrics.md"), report.markdown(rep))
+    write_text_atomic(os.path.join(out_dir, "metrics.md"), md)
     with atomic_path(os.path.join(out_dir, "metrics.png")) as tmp, open(tmp, "wb") as f:
-        f.write(report.bar_chart_png(rep))
+        f.write(png)
 
 
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
-    _, truths, cand_lists, cand_sets = inputs.load_test(args.test_file, args.match)
+    truths, cand_lists, cand_sets = inputs.load_test(args.test_file, args.match)
     rows, notes = collect_rows(args, truths, cand_lists, cand_sets)
+    unreachable = sum(t not in c for t, c in zip(truths, cand_sets))
+    if unreachable:
+        notes.append(f"warning: {unreachable} test lines have an answer that is not among their candidates "
+                     f"under '{args.match}' matching (no ranking can hit them)")
     best = best_model(rows)
     pairs = pairs_to_compare(args, [r[0] for r in rows], best)
     summaries, comparisons = summarise(rows, pairs, args.bootstrap, args.seed)
@@ -171,6 +183,8 @@ def main(argv=None):
            "comparisons": comparisons, "notes": notes}
     write_outputs(args.out_dir, rep)
     print(report.terminal_table(rep))
+    for note in notes:
+        print(note)
     print(f"wrote {args.out_dir}/metrics.json, metrics.md, metrics.png: {len(truths)} test lines, "
           f"{len(rows)} rows, best {best} ({time.time() - start:.1f}s)")
     return 0

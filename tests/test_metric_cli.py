@@ -204,3 +204,17 @@ def test_shell_script_wires_the_paths(case):
     assert [r["name"] for r in rep["rows"]] == ["half", "perfect", "random", "popularity"]
     assert [(c["a"], c["b"]) for c in rep["comparisons"]] == [("half", "perfect")]
     assert rep["comparisons"][0]["metrics"]["NDCG@1"]["diff"] == pytest.approx(-0.5)
+
+
+def test_reference_direction_no_bootstrap_and_unreachable_answers(case):
+    tmp_path, test, _ = case
+    rows = [json.loads(x) for x in test.read_text().splitlines()]
+    rows[0]["messages"][2]["content"] = "Not a candidate||x"
+    write_jsonl(test, rows)
+    rep, out = run(tmp_path, "--pred-dir", str(tmp_path / "result"), "--reference", "random", "--bootstrap", "0")
+    assert [(c["a"], c["b"]) for c in rep["comparisons"]] == [("half", "random"), ("perfect", "random")]
+    perfect = {r["name"]: r["metrics"] for r in rep["rows"]}["perfect"]
+    assert perfect["HR@1"] == {"value": pytest.approx(79 / 80), "low": None, "high": None}
+    assert rep["comparisons"][1]["metrics"]["HR@1"]["p"] is None
+    assert any("1 test lines have an answer that is not among their candidates" in n for n in rep["notes"])
+    assert "Intervals: none" in (out / "metrics.md").read_text()
