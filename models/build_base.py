@@ -40,7 +40,6 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--block-size", type=int, default=256, help="tokens per pre-training window")
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--max-sequences", type=int, default=None, help="use at most this many sequences")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixed, for reproducibility)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -66,10 +65,11 @@ def read_domains(train_dir, domains):
     return titles, samples
 
 
-def build_tokenizer(titles, sequences, vocab_size):
-    """BPE on every title, the users' sequences (so '||' and frequent titles merge) and the prompt text."""
+def build_tokenizer(titles, sequences, vocab_size, max_sequences=20000):
+    """BPE on every title, users' sequences (so '||' and popular titles merge) and the prompt text."""
     fixed = [SYSTEM, HISTORY_OPEN, CANDIDATES_OPEN, CANDIDATES_CLOSE, SEP]
-    return train_tokenizer(titles + [SEP.join(s) for s in sequences] + fixed * 100, vocab_size=vocab_size)
+    texts = titles + [SEP.join(s) for s in sequences[:max_sequences]] + fixed * 100
+    return train_tokenizer(texts, vocab_size=vocab_size)
 
 
 def save_atomic(model, tokenizer, out, info):
@@ -97,7 +97,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     start = time.time()
     titles, samples = read_domains(args.train_dir, args.domains)
-    sequences = title_sequences(samples)
+    sequences = title_sequences(samples, args.seed)
     tokenizer = build_tokenizer(titles, sequences, args.vocab_size)
     config = tiny_config(tokenizer, hidden_size=args.hidden_size, num_layers=args.layers,
                          num_heads=args.heads, num_kv_heads=args.kv_heads)
@@ -107,7 +107,8 @@ def main(argv=None):
           f"{len(titles)} titles, {len(sequences)} sequences")
     losses, secs, stopped = [], 0.0, False
     if args.steps:
-        stream = token_stream(tokenizer, sequences, args.seed, args.max_sequences)
+        # about twice the tokens that training reads, so no time goes into encoding text never seen
+        stream = token_stream(tokenizer, sequences, max_tokens=2 * args.steps * args.batch_size * args.block_size)
         try:
             losses, secs, stopped = pretrain(
                 model, stream, args.steps, batch_size=args.batch_size, block_size=args.block_size,
@@ -119,7 +120,8 @@ def main(argv=None):
     tail = losses[-max(1, min(50, len(losses) // 10)):]  # mean of the last 10% (at most 50) steps
     info = {
         "domains": args.domains, "seed": args.seed, "parameters": n_params, "vocab_size": len(tokenizer),
-        "hidden_size": args.hidden_size, "layers": args.layers, "steps_done": len(losses),
+        "hidden_size": args.hidden_size, "layers": args.layers, "threads": args.threads,
+        "batch_size": args.batch_size, "block_size": args.block_size, "steps_done": len(losses),
         "stopped_by_time": stopped, "first_loss": losses[0] if losses else None,
         "final_loss": sum(tail) / len(tail) if tail else None, "pretrain_seconds": round(secs, 1),
     }

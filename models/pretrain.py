@@ -15,8 +15,8 @@ from tqdm import tqdm
 from common.prompt import SEP, parse_user_prompt, sample_parts, split_titles
 
 
-def title_sequences(samples):
-    """Distinct [history..., target] title lists of sharegpt samples, in first-seen order."""
+def title_sequences(samples, seed):
+    """Distinct [history..., target] title lists of sharegpt samples, in a seeded random order."""
     seen, out = set(), []
     for lineno, sample in enumerate(samples, 1):
         _, user, answer = sample_parts(sample, lineno)
@@ -26,22 +26,22 @@ def title_sequences(samples):
         if len(seq) >= 2 and seq not in seen:
             seen.add(seq)
             out.append(list(seq))
+    random.Random(seed).shuffle(out)
     return out
 
 
-def token_stream(tokenizer, sequences, seed, max_sequences=None):
-    """Shuffle the sequences (seeded), encode each as 't1||...||tn' + <|endoftext|>, concatenate."""
-    order = list(range(len(sequences)))
-    random.Random(seed).shuffle(order)
-    if max_sequences:
-        order = order[:max_sequences]
-    texts = [SEP.join(sequences[i]) for i in order]
+def token_stream(tokenizer, sequences, max_tokens=None, chunk=2000):
+    """Encode sequences as 't1||...||tn' + <|endoftext|>, in order, until `max_tokens`; concatenate."""
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     ids = []
-    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids.extend(enc)
-        ids.append(eos)
-    return torch.tensor(ids, dtype=torch.long)
+    for i in range(0, len(sequences), chunk):
+        texts = [SEP.join(seq) for seq in sequences[i:i + chunk]]
+        for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            ids.extend(enc)
+            ids.append(eos)
+        if max_tokens and len(ids) >= max_tokens:
+            break
+    return torch.tensor(ids[:max_tokens] if max_tokens else ids, dtype=torch.long)
 
 
 def lr_at(step, steps, lr, warmup):

@@ -1,75 +1,30 @@
 """The embedded tiny base model: built from real Beauty samples, deterministic, its template = LLaMA-Factory's."""
 
-import ast
-import gzip
 import json
-import random
 import subprocess
 import sys
-from collections import defaultdict
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from common.dataset_info import register
-from common.io import write_jsonl_atomic
-from common.prompt import make_sample
 from tests.conftest import REPO
 
 
-def make_domain_files(shared_data, train_dir, domain="beauty", category="Beauty", users=300,
-                      history=10, seed=0, test_dir=None):
-    """Small traindata/<d>.jsonl + <d>.items.jsonl (and testdata) from the real files, data-stage layout.
-
-    Leave-one-out on a seeded subset of real users, 30 candidates, as reference-behaviour.md describes.
-    """
-    with gzip.open(shared_data / f"meta_{category}.json.gz", "rt", encoding="utf-8") as f:
-        meta = [ast.literal_eval(line) for line in f]
-    titles = {m["asin"]: " ".join(m["title"].split()) for m in meta if m.get("title")}
-    seqs = defaultdict(list)
-    with gzip.open(shared_data / f"reviews_{category}_5.json.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            seqs[r["reviewerID"]].append((r["unixReviewTime"], r["asin"]))
-    rng = random.Random(seed)
-    chosen = rng.sample(sorted(seqs), users)
-    asins = sorted(titles)
-    rows, tests, counts = [], [], defaultdict(int)
-
-    def sample(items, k):
-        negs = []
-        while len(negs) < 29:
-            a = rng.choice(asins)
-            if a not in items[:k + 1] and a not in negs:
-                negs.append(a)
-        cands = negs + [items[k]]
-        rng.shuffle(cands)
-        hist = [titles[a] for a in items[max(0, k - history):k]]
-        return make_sample(hist, [titles[a] for a in cands], [titles[items[k]]] + [titles[a] for a in negs[:4]])
-
-    for user in chosen:
-        items = [a for _, a in sorted(seqs[user])]
-        for a in items[:-2]:
-            counts[a] += 1
-        rows += [sample(items, k) for k in range(1, len(items) - 1)]
-        tests.append(dict(sample(items, len(items) - 1), user=user))
-    rng.shuffle(rows)
-    train_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(train_dir / f"{domain}.jsonl", rows)
-    write_jsonl_atomic(train_dir / f"{domain}.items.jsonl",
-                       [{"id": i, "asin": a, "title": titles[a], "train_count": counts[a]} for i, a in enumerate(asins)])
-    register(str(train_dir), [domain])
-    if test_dir is not None:
-        write_jsonl_atomic(test_dir / f"{domain}.jsonl", tests)
-    return rows
+def process_domain(shared_data, train_dir, test_dir, domain="beauty", train=600, valid=300, users=100):
+    """Real traindata/testdata files for `domain`, made by the data stage as a user makes them."""
+    cmd = [sys.executable, "-m", "data_process.process", "--raw-dir", str(shared_data), "--domain", domain,
+           "--train-dir", str(train_dir), "--test-dir", str(test_dir), "--train-samples", str(train),
+           "--valid-samples", str(valid), "--test-users", str(users), "--history", "10"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.fixture(scope="session")
 def beauty_dir(shared_data, tmp_path_factory):
     train_dir = tmp_path_factory.mktemp("traindata")
-    make_domain_files(shared_data, train_dir)
+    process_domain(shared_data, train_dir, tmp_path_factory.mktemp("testdata"))
     return train_dir
 
 
