@@ -11,6 +11,7 @@ import os
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from common.cli import UserError, run_main
 from common.io import atomic_path, write_json_atomic, write_text_atomic
@@ -58,7 +59,8 @@ def collect_rows(args, truths, cand_lists, cand_sets):
         raise UserError(f"prediction names must be unique and not 'random'/'popularity': {names}"
                         " (give --names)")
     rows, notes = [], []
-    for name, path in zip(names, files):
+    big = len(files) * len(truths) > 50_000
+    for name, path in tqdm(list(zip(names, files)), desc="scoring", disable=not big):
         outputs = inputs.load_predictions(path, truths, args.match)
         rows.append((name, "model", path, score_table(outputs, truths, cand_sets, args.match)))
     if not args.no_baselines:
