@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Compare WeaveRec with the alternatives on one target, same test users, same decoding:
+#   target-only, each hybrid alone, naive mixed training, the naive merge (target + source-only modules),
+#   WeaveRec (target + hybrids, equal weights; optionally a target weight chosen on the validation split),
+#   TIES / DARE / task-arithmetic merges of the WeaveRec modules, and the random / popularity baselines.
+# Trains only the modules that are missing (train_modules.sh skips existing ones), then writes
+# $RUN_DIR/<row>/output.jsonl and the report $RUN_DIR/metrics.{json,md,png}.
+# Needs traindata/ and testdata/ for TARGET and SOURCES (make_data.sh, then construct.sh with ALL_MIXED=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET=${TARGET:-sports}
+SOURCES=${SOURCES:-"beauty toys"}
+MODEL=${MODEL:-models/tiny-qwen2}
+CONFIG=${CONFIG:-scripts/train_configs/tiny_cpu_lora.yaml}
+SAVE_DIR=${SAVE_DIR:-save}
+TEST_FILE=${TEST_FILE:-testdata/${TARGET}.jsonl}
+VALID_FILE=${VALID_FILE:-testdata/${TARGET}_valid.jsonl}
+RUN_DIR=${RUN_DIR:-result/compare_${TARGET}}
+ROWS=${ROWS:-"target_only hybrids mixed_all naive_merge weaverec ties dare_ties task_arithmetic"}
+MODE=${MODE:-score}                       # free | constrained | score (the same for every row)
+BATCH_SIZE=${BATCH_SIZE:-16}
+GRID=${GRID:-"0 1 2 3"}                   # target weights w_0 tried on the validation split (others 1); "" = off
+TEMPERATURE=${TEMPERATURE:-1.0}
+VALID_USERS=${VALID_USERS:-300}           # validation lines used for the grid
+DENSITY=${DENSITY:-0.5}                   # TIES / DARE
+DROP_RATE=${DROP_RATE:-0.5}               # DARE
+SCALE=${SCALE:-0.5}                       # task arithmetic
+BOOTSTRAP=${BOOTSTRAP:-1000}
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+
+read -r -a sources <<< "$SOURCES"
+has_row() { [[ " $ROWS " == *" $1 "* ]]; }
+hybrids=(); for s in "${sources[@]}"; do hybrids+=("$SAVE_DIR/${TARGET}_$s"); done
+source_only=(); for s in "${sources[@]}"; do source_only+=("$SAVE_DIR/$s"); done
+mixed="$TARGET"; for s in "${sources[@]}"; do mixed+="_$s"; done
+merged_dir="$SAVE_DIR/merged/compare_${TARGET}"
+
+# 1. train what is missing
+need_source_only=0; has_row naive_merge && need_source_only=1
+need_mixed=0; has_row mixed_all && need_mixed=1
+TARGET=$TARGET SOURCES=$SOURCES MODEL=$MODEL CONFIG=$CONFIG SAVE_DIR=$SAVE_DIR \
+  SOURCE_ONLY=$need_source_only MIXED_ALL=$need_mixed bash scripts/train_modules.sh
+
+infer() {  # infer <row> <test file> <out file> <model args...>
+  local row=$1 test=$2 out=$3; shift 3
+  echo "[compare] $row: $MODE decoding on $test"
+  "$PYTHON" -m inference.generate --test-file "$test" --out "$out" --mode "$MODE" \
+    --batch-size "$BATCH_SIZE" "$@"
+}
+merge() {  # merge <name> <merge args...>
+  local name=$1; shift
+  "$PYTHON" -m merge.merge_lora --out "$merged_dir/$name" "$@"
+}
+weaverec_weights() {  # target weight w0, every hybrid 1
+  local w=("$1"); for _ in "${sources[@]}"; do w+=(1); done; echo "${w[@]}"
+}
+
+# 2. single modules
+if has_row target_only; then
+  infer target_only "$TEST_FILE" "$RUN_DIR/target_only/output.jsonl" --base-model "$MODEL" --adapter "$SAVE_DIR/$TARGET"
+fi
+if has_row hybrids; then
+  for s in "${sources[@]}"; do
+    infer "hybrid_$s" "$TEST_FILE" "$RUN_DIR/hybrid_$s/output.jsonl" --base-model "$MODEL" --adapter "$SAVE_DIR/${TARGET}_$s"
+  done
+fi
+if has_row mixed_all; then
+  infer mixed_all "$TEST_FILE" "$RUN_DIR/mixed_all/output.jsonl" --base-model "$MODEL" --adapter "$SAVE_DIR/$mixed"
+fi
+
+# 3. merges
+if has_row naive_merge; then
+  merge naive_merge --adapters "$SAVE_DIR/$TARGET" "${source_only[@]}" --method weaverec
+  infer naive_merge "$TEST_FILE" "$RUN_DIR/naive_merge/output.jsonl" --base-model "$MODEL" --adapter "$merged_dir/naive_merge"
+fi
+if has_row weaverec; then
+  merge weaverec --adapters "$SAVE_DIR/$TARGET" "${hybrids[@]}" --method weaverec
+  infer weaverec "$TEST_FILE" "$RUN_DIR/weaverec/output.jsonl" --base-model "$MODEL" --adapter "$merged_dir/weaverec"
+fi
+if has_row weaverec && [ -n "$GRID" ]; then
+  # choose the target weight on validation users only, never on test
+  valid_dir="$RUN_DIR/validation"
+  mkdir -p "$valid_dir"
+  head -n "$VALID_USERS" "$VALID_FILE" > "$valid_dir/valid_subset.jsonl"
+  for w0 in $GRID; do
+    read -r -a weights <<< "$(weaverec_weights "$w0")"
+    merge "weaverec_w$w0" --adapters "$SAVE_DIR/$TARGET" "${hybrids[@]}" --method weaverec \
+      --weights "${weights[@]}" --temperature "$TEMPERATURE"
+    infer "weaverec_w$w0 (validation)" "$valid_dir/valid_subset.jsonl" "$valid_dir/w$w0/output.jsonl" \
+      --base-model "$MODEL" --adapter "$merged_dir/weaverec_w$w0"
+  done
+  "$PYTHON" -m metric.metric --test-file "$valid_dir/valid_subset.jsonl" --pred-dir "$valid_dir" \
+    --out-dir "$valid_dir" --no-baselines --bootstrap 0 > /dev/null
+  best=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"])' "$valid_dir/metrics.json")
+  echo "[compare] target weight chosen on $VALID_USERS validation users: ${best#w}"
+  infer weaverec_tuned "$TEST_FILE" "$RUN_DIR/weaverec_tuned/output.jsonl" --base-model "$MODEL" \
+    --adapter "$merged_dir/weaverec_$best"
+fi
+# TIES and DARE deltas are not low rank: merged into a full model folder (exact)
+for method in ties dare_ties task_arithmetic; do
+  if ! has_row "$method"; then continue; fi
+  case $method in
+    ties) extra=(--density "$DENSITY" --output full --base-model "$MODEL") ;;
+    dare_ties) extra=(--density "$DENSITY" --drop-rate "$DROP_RATE" --output full --base-model "$MODEL") ;;
+    task_arithmetic) extra=(--scale "$SCALE") ;;
+  esac
+  merge "$method" --adapters "$SAVE_DIR/$TARGET" "${hybrids[@]}" --method "$method" "${extra[@]}"
+  if [ "$method" = task_arithmetic ]; then
+    infer "$method" "$TEST_FILE" "$RUN_DIR/$method/output.jsonl" --base-model "$MODEL" --adapter "$merged_dir/$method"
+  else
+    infer "$method" "$TEST_FILE" "$RUN_DIR/$method/output.jsonl" --base-model "$merged_dir/$method"
+  fi
+done
+
+# 4. one report for every row, with the paired comparisons the paper's claim rests on
+compare=()
+if has_row weaverec && has_row target_only; then compare+=(--compare weaverec target_only); fi
+if has_row weaverec && has_row naive_merge; then compare+=(--compare weaverec naive_merge); fi
+items="traindata/${TARGET}.items.jsonl"
+items_arg=(); if [ -f "$items" ]; then items_arg=(--items "$items"); fi
+"$PYTHON" -m metric.metric --test-file "$TEST_FILE" --pred-dir "$RUN_DIR" --out-dir "$RUN_DIR" \
+  "${items_arg[@]}" "${compare[@]}" --bootstrap "$BOOTSTRAP"
