@@ -46,6 +46,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.train_samples < 0 or args.test_users < 0 or args.valid_samples < -1:
         raise UserError("--train-samples, --valid-samples and --test-users must not be negative")
+    if args.train_samples == 0 and args.valid_samples == 0:
+        raise UserError("--train-samples 0 with --valid-samples 0 would write an empty train file")
     return args
 
 
