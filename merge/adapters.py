@@ -18,7 +18,6 @@ import tempfile
 from dataclasses import dataclass, field
 
 import torch
-from peft.utils.other import get_pattern_key
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -76,9 +75,13 @@ def _check_config(path, config):
 
 def module_scaling(config, module, rank):
     """PEFT's scaling for one module: lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora."""
+    r, alpha = config["r"], config["lora_alpha"]
     rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
-    r = rank_pattern.get(get_pattern_key(rank_pattern, module), config["r"])
-    alpha = alpha_pattern.get(get_pattern_key(alpha_pattern, module), config["lora_alpha"])
+    if rank_pattern or alpha_pattern:
+        from peft.utils.other import get_pattern_key  # importing peft takes seconds: only when needed
+
+        r = rank_pattern.get(get_pattern_key(rank_pattern, module), r)
+        alpha = alpha_pattern.get(get_pattern_key(alpha_pattern, module), alpha)
     if r != rank:
         raise UserError(f"module {module}: lora_A has rank {rank} but the config says r={r}")
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r

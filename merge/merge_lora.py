@@ -158,6 +158,12 @@ def ranks_of(factors):
     return common, {m: r for m, r in ranks.items() if r != common}
 
 
+def full_deltas(args, adapters, table):
+    """Yield (module, merged float32 delta), one module at a time."""
+    for module in tqdm(sorted(table), desc="merge (full)", unit="module"):
+        yield module, module_delta(adapters, module, args.method, table[module], method_params(args, module))
+
+
 def merge_info(args, adapters, table, base_model):
     info = {"method": args.method, "output": args.output, "base_model": base_model,
             "adapters": [{"path": a.path, "r": a.config.get("r"), "lora_alpha": a.config.get("lora_alpha"),
@@ -190,13 +196,13 @@ def main(argv=None):
         return write_template(args.write_weights_template, modules, len(adapters))
     table = weights_table(args, modules, len(adapters))
     base_model = args.base_model or adapters[0].config.get("base_model_name_or_path")
+    if args.output == "full" and not os.path.isfile(os.path.join(base_model or "", "config.json")):
+        raise UserError(f"base model folder not found (no config.json): {base_model}; pass --base-model")
     dtype = output_dtype(adapters, args.dtype)
     info = merge_info(args, adapters, table, base_model)
     with atomic_dir(args.out) as tmp:
         if args.output == "full":
-            deltas = ((m, module_delta(adapters, m, args.method, table[m], method_params(args, m)))
-                      for m in tqdm(modules, desc="merge (full)", unit="module"))
-            write_full_model(tmp, base_model or "", args.adapters[0], deltas,
+            write_full_model(tmp, base_model, args.adapters[0], full_deltas(args, adapters, table),
                              None if args.dtype == "auto" else dtype, args.max_shard_size)
             write_json_atomic(os.path.join(tmp, INFO_NAME), info)
         else:

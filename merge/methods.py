@@ -11,9 +11,10 @@ import inspect
 import zlib
 
 import torch
-from peft.utils.merge_utils import calculate_majority_sign_mask, magnitude_based_pruning
 
 NORMALIZE = ("softmax", "sigmoid", "none")
+# PEFT's merge utilities are imported inside the functions that use them: importing peft takes
+# seconds, and the common WeaveRec merge needs nothing from it.
 MAJORITY_SIGN = ("total", "frequency")
 
 
@@ -70,11 +71,20 @@ def disjoint_mean(trimmed, weights, majority_sign="total"):
     tau_m = sum_{i in A} w_i tau_i / sum_{i in A} w_i over A = {i : sgn(tau_i) = gamma} (zeros
     excluded); an entry no adapter agrees on is 0. With equal w this is the paper's mean over A.
     """
+    from peft.utils.merge_utils import calculate_majority_sign_mask
+
     w = weights.float().view(-1, *([1] * (trimmed.dim() - 1)))
     agree = calculate_majority_sign_mask(trimmed * w, method=majority_sign)
     total = (trimmed * w * agree).sum(dim=0)
     mass = (w * agree).sum(dim=0)
     return torch.where(mass > 0, total / mass.clamp(min=1e-30), torch.zeros_like(total))
+
+
+def trim(delta, density):
+    """TIES's trim: keep the int(density * numel) entries of largest |value|, zero the rest."""
+    from peft.utils.merge_utils import magnitude_based_pruning
+
+    return magnitude_based_pruning(delta.float(), density)
 
 
 def ties(deltas, weights, density=0.5, scale=1.0, majority_sign="total"):
@@ -83,7 +93,7 @@ def ties(deltas, weights, density=0.5, scale=1.0, majority_sign="total"):
     1. trim: keep the `density` fraction of entries of each delta with the largest |value|;
     2-3. see disjoint_mean; 4. delta = scale * tau_m (the paper's lambda). Weights must be > 0.
     """
-    trimmed = torch.stack([magnitude_based_pruning(d.float(), density) for d in deltas])
+    trimmed = torch.stack([trim(d, density) for d in deltas])
     return scale * disjoint_mean(trimmed, weights, majority_sign)
 
 
@@ -118,7 +128,7 @@ def dare_ties(deltas, weights, drop_rate=0.5, seed=0, scale=1.0, majority_sign="
 
 def magnitude_prune(deltas, weights, density=0.5, scale=1.0):
     """Magnitude pruning: trim each delta as TIES does, then delta = scale * sum_i w_i * trim(delta_i)."""
-    trimmed = [magnitude_based_pruning(d.float(), density) for d in deltas]
+    trimmed = [trim(d, density) for d in deltas]
     return weighted_sum(trimmed, weights.double() * scale)
 
 

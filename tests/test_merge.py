@@ -23,11 +23,11 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 IDS = torch.arange(3, 60).view(1, -1)
 
 
-def make_adapter(base_dir, out, seed, r=4, alpha=8, rslora=False, targets=TARGETS, dtype=None):
+def make_adapter(base_dir, out, seed, r=4, alpha=8, rslora=False, targets=TARGETS, dtype=None, **patterns):
     """A PEFT LoRA adapter on base_dir with seeded random A and B (PEFT would start B at zero)."""
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     config = LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=targets,
-                        lora_dropout=0.0, task_type="CAUSAL_LM")
+                        lora_dropout=0.0, task_type="CAUSAL_LM", **patterns)
     peft_model = get_peft_model(model, config)
     gen = torch.Generator().manual_seed(seed)
     for name, param in peft_model.named_parameters():
@@ -42,12 +42,15 @@ def make_adapter(base_dir, out, seed, r=4, alpha=8, rslora=False, targets=TARGET
 
 @pytest.fixture(scope="module")
 def adapters(random_model_dir, tmp_path_factory):
-    """Three adapters with different r, lora_alpha and rsLoRA, plus a bf16 one."""
+    """Adapters with different r, lora_alpha, rsLoRA, per-module rank/alpha patterns, and a bf16 one."""
     root = tmp_path_factory.mktemp("adapters")
     return {
         "t": make_adapter(random_model_dir, root / "t", 1, r=4, alpha=8),
         "ts1": make_adapter(random_model_dir, root / "ts1", 2, r=8, alpha=4),
         "ts2": make_adapter(random_model_dir, root / "ts2", 3, r=4, alpha=16, rslora=True),
+        "pattern": make_adapter(random_model_dir, root / "pattern", 5, r=4, alpha=8,
+                                rank_pattern={"q_proj": 2, "model.layers.1.mlp.down_proj": 6},
+                                alpha_pattern={"v_proj": 3}),
         "bf16": make_adapter(random_model_dir, root / "bf16", 4, r=4, alpha=8, dtype=torch.bfloat16),
     }
 
@@ -94,8 +97,8 @@ def assert_close_rel(actual, expected, tol=1e-5):
 
 
 def test_weaverec_merge_equals_weighted_sum_of_adapter_deltas(random_model_dir, adapters, tmp_path):
-    names = ["t", "ts1", "ts2"]
-    w, temp = [2.0, 0.5, -1.0], 0.7
+    names = ["t", "ts1", "ts2", "pattern"]
+    w, temp = [2.0, 0.5, -1.0, 1.5], 0.7
     out = tmp_path / "merged"
     assert merge("--adapters", *[adapters[n] for n in names], "--out", out,
                  "--weights", *w, "--temperature", temp) == 0
@@ -105,10 +108,13 @@ def test_weaverec_merge_equals_weighted_sum_of_adapter_deltas(random_model_dir, 
     got = adapter_logits(random_model_dir, out)
     assert_close_rel(got, expected)
     # the published code's bug (every adapter merged with lambda_0) gives a clearly different model
-    buggy = logits(base_plus(random_model_dir, weighted(deltas, lambda m: [lam[0]] * 3)))
+    buggy = logits(base_plus(random_model_dir, weighted(deltas, lambda m: [lam[0]] * len(names))))
     assert (got - buggy).abs().max() > 1e-3 * expected.abs().max()
     config = json.loads((out / "adapter_config.json").read_text())
-    assert config["r"] == 4 + 8 + 4 and config["lora_alpha"] == config["r"] and not config["use_rslora"]
+    assert config["r"] == 4 + 8 + 4 + 4 and config["lora_alpha"] == config["r"] and not config["use_rslora"]
+    assert config["rank_pattern"] == config["alpha_pattern"] == {
+        "model.layers.0.self_attn.q_proj": 18, "model.layers.1.self_attn.q_proj": 18,
+        "model.layers.1.mlp.down_proj": 22}
     info = json.loads((out / "merge_info.json").read_text())
     assert info["lambdas"] == pytest.approx(lam)
 
