@@ -136,11 +136,13 @@ def next_state(rng, state, agreement):
 def pick_item(rng, colour, weights, used):
     """A popularity-weighted item of `colour` the user has not met yet (any colour if exhausted)."""
     pool = np.arange(colour, len(weights), len(COLOURS))
-    w = weights[pool] * ~np.isin(pool, used)
+    w = weights[pool]
+    w[[(i - colour) // len(COLOURS) for i in used if i % len(COLOURS) == colour]] = 0.0
     if w.sum() == 0:  # this colour is used up (or dropped): any colour
-        pool = np.arange(len(weights))
-        w = weights * ~np.isin(pool, used)
-    return int(pool[rng.choice(len(pool), p=w / w.sum())])
+        pool, w = np.arange(len(weights)), weights.copy()
+        w[used] = 0.0
+    cum = np.cumsum(w)
+    return int(pool[np.searchsorted(cum, rng.random() * cum[-1], side="right")])
 
 
 def user_sequence(rng, length, taste, agreement, args, weights):

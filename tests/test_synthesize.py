@@ -5,9 +5,11 @@ import ast
 import collections
 import gzip
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +18,13 @@ from common.cli import run_main
 from data_process import synthesize
 from data_process.synthesize import COLOURS, main
 
+REPO = Path(__file__).resolve().parents[1]
 CATEGORIES = {"sports": "Sports_and_Outdoors", "beauty": "Beauty", "toys": "Toys_and_Games"}
 SMALL = ["--users", "1500", "--items", "600"]
 
 
-def generate(out_dir, *extra):
-    assert main(["--out-dir", str(out_dir), *SMALL, *extra]) == 0
+def generate(out_dir, *extra, size=SMALL):
+    assert main(["--out-dir", str(out_dir), *size, *extra]) == 0
     return out_dir
 
 
@@ -92,14 +95,15 @@ def rule_likelihood(source, target):
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    a, b, c = (generate(tmp_path / n, "--seed", s) for n, s in (("a", "3"), ("b", "3"), ("c", "4")))
+    tiny = ["--users", "300", "--items", "64"]
+    a, b, c = (generate(tmp_path / n, "--seed", s, size=tiny) for n, s in (("a", "3"), ("b", "3"), ("c", "4")))
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted([f"meta_{c}.json.gz" for c in CATEGORIES.values()]
                            + [f"reviews_{c}_5.json.gz" for c in CATEGORIES.values()])
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
         assert (a / name).read_bytes() != (c / name).read_bytes(), name
-    generate(a, "--seed", "3")  # a rerun over existing files gives the same bytes
+    generate(a, "--seed", "3", size=tiny)  # a rerun over existing files gives the same bytes
     assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
 
 
@@ -135,7 +139,7 @@ def test_real_processing_stage_reads_the_files(default_data, tmp_path):
     cmd = [sys.executable, "-m", "data_process.process", "--raw-dir", str(default_data),
            "--domain", "toys", "--train-dir", str(tmp_path / "train"), "--test-dir",
            str(tmp_path / "test"), "--train-samples", "300", "--test-users", "50", "--history", "10"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
     stats = json.loads((tmp_path / "train" / "toys.stats.json").read_text())
     meta, reviews = read_domain(default_data, "toys")
     assert (stats["items"], stats["interactions"]) == (len(meta), len(reviews))
@@ -148,7 +152,7 @@ def test_history_words_predict_the_next_item_in_every_domain(default_data, domai
     rates = hit_rates(sequences(default_data, domain))
     assert rates["random"] < 0.06
     assert rates["overlap"] > 0.1 and rates["overlap"] > 3 * rates["random"]
-    assert rates["popularity"] > 1.5 * rates["random"]
+    assert rates["popularity"] > 1.3 * rates["random"]
     if domain != "toys":  # the 'stay' rule: history words beat popularity by far
         assert rates["overlap"] > 2 * rates["popularity"]
 
@@ -156,6 +160,8 @@ def test_history_words_predict_the_next_item_in_every_domain(default_data, domai
 def test_agreement_sets_whether_the_source_rule_helps_or_conflicts(default_data, tmp_path):
     target = sequences(default_data, "sports")
     chance = 1 / len(COLOURS)
+    # the target's rule is 'stay': the next item shares its colour word with the one before
+    assert np.mean([colour(s[-2]) == colour(s[-1]) for s in target.values()]) > 0.6
     same = rule_likelihood(target, target)
     assert same > 8 * chance
     assert rule_likelihood(sequences(default_data, "beauty"), target) > 0.9 * same
@@ -195,12 +201,13 @@ def test_bad_arguments_give_one_line_error_and_no_files(tmp_path, capsys, bad):
     assert not out.exists()
 
 
-def test_runs_as_a_module_from_the_repo_root(tmp_path):
-    cmd = [sys.executable, "-m", "data_process.synthesize", "--out-dir", str(tmp_path),
-           "--users", "100", "--items", "32", "--domains", "sports", "toys", "--agreement", "toys=0.5"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+def test_script_runs_the_stage_with_its_path_variables(tmp_path):
+    env = {**os.environ, "OUT_DIR": str(tmp_path / "raw"), "USERS": "100", "ITEMS": "32",
+           "DOMAINS": "sports toys", "AGREEMENT": "toys=0.5", "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "synthesize_data.sh")], env=env,
+                          cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "toys: agreement +0.50" in done.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [
         "meta_Sports_and_Outdoors.json.gz", "meta_Toys_and_Games.json.gz",
         "reviews_Sports_and_Outdoors_5.json.gz", "reviews_Toys_and_Games_5.json.gz"]
