@@ -88,7 +88,8 @@ def transition_table(seqs):
 
 
 def rule_likelihood(source, target):
-    """Mean probability the source's rule P(next colour | colour before) gives the target's last item."""
+    """Mean probability that the source's rule P(next colour | colour before) gives the colour
+    of each target user's last item."""
     table = transition_table(source) + 1.0
     table /= table.sum(axis=1, keepdims=True)
     return np.mean([table[colour(s[-2]), colour(s[-1])] for s in target.values()])
@@ -96,7 +97,8 @@ def rule_likelihood(source, target):
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     tiny = ["--users", "300", "--items", "64"]
-    a, b, c = (generate(tmp_path / n, "--seed", s, size=tiny) for n, s in (("a", "3"), ("b", "3"), ("c", "4")))
+    runs = (("a", "3"), ("b", "3"), ("c", "4"))
+    a, b, c = (generate(tmp_path / n, "--seed", s, size=tiny) for n, s in runs)
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted([f"meta_{c}.json.gz" for c in CATEGORIES.values()]
                            + [f"reviews_{c}_5.json.gz" for c in CATEGORIES.values()])
