@@ -1,0 +1,133 @@
+"""Inference throughput on CPU: samples/s at batch size 1 vs the default batch, for each mode.
+
+Reads real test prompts (testdata/<domain>.jsonl if given, else built from the Amazon 2014 files) and a
+model folder (models/tiny-qwen2 if given, else a random tiny Qwen2 built here); prints a table.
+
+    python -m benchmarks.bench_inference --data-dir ../shared/data/amazon2014 --work-dir /tmp/bench
+"""
+
+import argparse
+import ast
+import gzip
+import html
+import json
+import os
+import random
+import time
+from collections import defaultdict
+
+from common.cli import run_main
+from common.io import write_jsonl_atomic
+from common.prompt import CANDIDATES_CLOSE, CANDIDATES_OPEN, HISTORY_OPEN, SEP, SYSTEM, make_sample
+
+
+def real_titles(data_dir, category):
+    """asin -> title (HTML entities unescaped, so '&reg;' is '®'; whitespace collapsed)."""
+    titles = {}
+    with gzip.open(os.path.join(data_dir, f"meta_{category}.json.gz"), "rt", encoding="utf-8") as f:
+        for line in f:
+            meta = ast.literal_eval(line)
+            title = " ".join(html.unescape(meta.get("title") or "").split())
+            if title and SEP not in title:
+                titles[meta["asin"]] = title
+    return titles
+
+
+def real_prompts(data_dir, n=200, seed=0, history=10, n_candidates=30, category="Beauty", tricky=3):
+    """n leave-one-out test samples of seeded real users, each with `tricky` negatives chosen among
+    titles with non-ASCII characters or a '|' (the hard cases for tokenisation at title boundaries)."""
+    titles = real_titles(data_dir, category)
+    seqs = defaultdict(list)
+    with gzip.open(os.path.join(data_dir, f"reviews_{category}_5.json.gz"), "rt", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            if r["asin"] in titles:
+                seqs[r["reviewerID"]].append((r["unixReviewTime"], r["asin"]))
+    rng = random.Random(seed)
+    pool = sorted(set(titles.values()))
+    hard = [t for t in pool if "|" in t or any(ord(c) > 127 for c in t)]
+    samples = []
+    for user in rng.sample(sorted(seqs), n):
+        items = list(dict.fromkeys(titles[a] for _, a in sorted(seqs[user])))
+        target, past = items[-1], items[:-1][-history:]
+        seen = set(items)
+        negatives = [t for t in rng.sample(hard, tricky * 3) if t not in seen][:tricky]
+        while len(negatives) < n_candidates - 1:
+            t = rng.choice(pool)
+            if t not in seen and t not in negatives:
+                negatives.append(t)
+        candidates = negatives + [target]
+        rng.shuffle(candidates)
+        sample = make_sample(past, candidates, [target] + negatives[:4])
+        sample["user"] = user
+        samples.append(sample)
+    return samples
+
+
+def random_tiny_model(data_dir, out_dir, category="Beauty"):
+    """A random tiny Qwen2 (hidden 64, 2 layers) with a 1,024-token BPE trained on real titles."""
+    from models.tiny import init_model, save_model, tiny_config
+    from models.tokenizer import train_tokenizer
+
+    texts = list(real_titles(data_dir, category).values())[:2000]
+    tok = train_tokenizer(texts + [SYSTEM, HISTORY_OPEN, CANDIDATES_OPEN, CANDIDATES_CLOSE, SEP],
+                          vocab_size=1024)
+    model = init_model(tiny_config(tok, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2))
+    save_model(model, tok, out_dir)
+    return out_dir
+
+
+def throughput(runner, examples, batch_size):
+    """Samples per second over `examples` (prompt ids prepared), batches sorted by length."""
+    from inference.generate import batches_by_length
+
+    start = time.perf_counter()
+    for batch in batches_by_length(examples, batch_size):
+        runner(batch)
+    return len(examples) / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=os.path.join("..", "shared", "data", "amazon2014"))
+    p.add_argument("--test-file", help="testdata/<domain>.jsonl (default: built from --data-dir)")
+    p.add_argument("--model", help="model folder (default: a random tiny Qwen2 built in --work-dir)")
+    p.add_argument("--work-dir", required=True)
+    p.add_argument("--prompts", type=int, default=200)
+    p.add_argument("--single-prompts", type=int, default=24, help="prompts timed at batch size 1")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="free mode: about 5 titles")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from inference.generate import read_tests
+    from inference.hf_backend import HFRunner
+    from inference.loading import load_model, load_tokenizer
+
+    os.makedirs(args.work_dir, exist_ok=True)
+    test_file = args.test_file or os.path.join(args.work_dir, "bench_test.jsonl")
+    if not args.test_file:
+        write_jsonl_atomic(test_file, real_prompts(args.data_dir, args.prompts))
+    model_dir = args.model or random_tiny_model(args.data_dir, os.path.join(args.work_dir, "model"))
+    tok = load_tokenizer(model_dir)
+    model = load_model(model_dir, (), "cpu", "float32", tok)
+    examples = read_tests(test_file, "score", args.prompts)
+    lengths = []
+    for ex in examples:
+        ex["prompt_ids"] = HFRunner(model, tok).prompt_ids(ex["system"], ex["user"])
+        lengths.append(len(ex["prompt_ids"]))
+    print(f"{len(examples)} prompts, {sum(lengths) / len(lengths):.0f} tokens on average; "
+          f"torch threads {torch.get_num_threads()}; free mode max_new_tokens {args.max_new_tokens}")
+    print("| mode | batch 1 (samples/s) | batch %d (samples/s) | speed-up |" % args.batch_size)
+    print("| --- | --- | --- | --- |")
+    for mode in ("free", "constrained", "score"):
+        runner = HFRunner(model, tok, mode, args.max_new_tokens)
+        single = throughput(runner, examples[:args.single_prompts], 1)
+        batched = throughput(runner, examples, args.batch_size)
+        print(f"| {mode} | {single:.2f} | {batched:.2f} | {batched / single:.1f}x |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

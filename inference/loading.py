@@ -1,0 +1,108 @@
+"""Load the tokenizer and the model to run: a base (or full merged) model plus optional PEFT adapters.
+
+Several adapters are combined as the sum of their effects: each is loaded with PEFT and merged into the
+weights in turn (`merge_and_unload`), so W' = W + sum_i (lora_alpha_i / r_i) * B_i @ A_i. The usual
+case is one adapter (the output of merge/); a full merged model folder needs none.
+"""
+
+import json
+import os
+
+import torch
+
+from common.cli import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name):
+    """'auto' -> cuda when available, else cpu."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but no CUDA device is available")
+    return name
+
+
+def resolve_dtype(name, device):
+    """'auto' -> bfloat16 on a GPU, float32 on CPU."""
+    if name == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return name
+
+
+def check_model_folder(path, what="model folder"):
+    if not os.path.isdir(path):
+        raise UserError(f"{what} not found: {path}")
+    if os.path.isfile(os.path.join(path, "adapter_config.json")) and \
+            not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(f"{path} is a PEFT adapter, not a model: pass it with --adapter and its "
+                        "base model with --base-model")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(f"{path} has no config.json: not a Hugging Face model folder")
+
+
+def check_adapter_folder(path):
+    """The adapter's config as a dict; UserError if the folder is not a PEFT adapter."""
+    config = os.path.join(path, "adapter_config.json")
+    if not os.path.isdir(path):
+        raise UserError(f"adapter folder not found: {path}")
+    if not os.path.isfile(config):
+        raise UserError(f"{path} has no adapter_config.json: not a PEFT adapter folder")
+    if not any(n.startswith("adapter_model") for n in os.listdir(path)):
+        raise UserError(f"{path} has no adapter_model.safetensors")
+    with open(config, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{config}: not valid JSON ({err.msg})") from None
+
+
+def load_tokenizer(path):
+    """The tokenizer, left-padded, with a pad token and a chat template."""
+    from transformers import AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise UserError(f"tokenizer folder not found: {path}")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load a tokenizer from {path}: {str(err).splitlines()[0]}") from None
+    if not tok.chat_template:
+        raise UserError(f"the tokenizer in {path} has no chat template")
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def apply_adapter(model, path):
+    """Merge one PEFT adapter into `model`; a one-line UserError if it does not fit the model."""
+    from peft import PeftModel
+
+    check_adapter_folder(path)
+    try:
+        peft_model = PeftModel.from_pretrained(model, path, is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as err:
+        first = " ".join(str(err).split())[:300]
+        raise UserError(f"adapter {path} does not match the base model: {first}") from None
+    return peft_model.merge_and_unload()
+
+
+def load_model(base, adapters=(), device="cpu", dtype="float32", tokenizer=None):
+    """The base model on `device` in `dtype`, with every adapter merged in, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    check_model_folder(base, "base model folder")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            base, torch_dtype=DTYPES[dtype], trust_remote_code=False, low_cpu_mem_usage=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load a model from {base}: {str(err).splitlines()[0]}") from None
+    model.to(device)
+    for path in adapters:
+        model = apply_adapter(model, path)
+    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+                        f"{model.get_input_embeddings().weight.shape[0]}: they do not belong together")
+    return model.eval()
