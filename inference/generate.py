@@ -64,7 +64,10 @@ def read_tests(path, mode, limit=None):
     rows = rows[:limit] if limit else rows
     examples = []
     for i, row in enumerate(rows):
-        system, user, _ = sample_parts(row, i + 1)
+        try:
+            system, user, _ = sample_parts(row, i + 1)
+        except UserError as err:
+            raise UserError(f"{path}: {err}") from None
         try:
             candidates = parse_user_prompt(user)[1]
         except UserError as err:

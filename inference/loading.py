@@ -86,7 +86,10 @@ def apply_adapter(model, path):
     except (ValueError, RuntimeError, KeyError) as err:
         first = " ".join(str(err).split())[:300]
         raise UserError(f"adapter {path} does not match the base model: {first}") from None
-    return peft_model.merge_and_unload()
+    merged = peft_model.merge_and_unload()
+    if hasattr(merged, "peft_config"):  # left behind by PEFT; a next adapter would warn about it
+        del merged.peft_config
+    return merged
 
 
 def load_model(base, adapters=(), device="cpu", dtype="float32", tokenizer=None):
