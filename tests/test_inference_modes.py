@@ -1,0 +1,148 @@
+"""Decoding modes on real prompts: constrained output is always 5 distinct candidates of the prompt
+(whatever the tokenizer does at title boundaries); score ranks equal a direct computation."""
+
+import random
+import re
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from common.prompt import SEP, split_titles
+from inference.constrained import CandidateConstraint, CandidateLogitsProcessor
+from inference.generate import main, read_tests
+from inference.hf_backend import HFRunner
+from inference.loading import load_model, load_tokenizer
+from inference.scoring import candidate_tokens
+from tests.test_inference import gen_args, read_lines, real_test_file, varied_model_dir  # noqa: F401
+
+TRICKY = ["Foo", "Foo Bar", "Foo Bar 2", "Foo|", "|Bar", "Eye Cream| | Age Eye Cream |100%",
+          "Crème brûlée ® 3 ½ oz", "naïve 日本語 ~ 1/3 fl.oz.", "Foo", "(Pack of 2) #2101 [Beauty]",
+          "Spaced  title\xa0"]
+
+
+@pytest.fixture(scope="module")
+def runner(varied_model_dir):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tok = load_tokenizer(str(varied_model_dir))
+    yield HFRunner(load_model(str(varied_model_dir), (), "cpu", "float32", tok), tok, "constrained")
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def examples(real_test_file, runner):
+    exs = read_tests(str(real_test_file), "score")
+    for ex in exs:
+        ex["prompt_ids"] = runner.prompt_ids(ex["system"], ex["user"])
+    return exs
+
+
+def test_real_prompts_hold_the_hard_titles(examples):
+    titles = {t for ex in examples for t in ex["candidates"]}
+    assert any(any(ord(c) > 127 for c in t) for t in titles)
+    assert any("|" in t for t in titles)
+    assert any(re.search(r"\d", t) for t in titles)
+
+
+def test_constrained_output_is_five_distinct_candidates(runner, examples):
+    tok = runner.tok
+    for start in range(0, len(examples), 4):
+        batch = examples[start:start + 4]
+        constraints = [CandidateConstraint(ex["candidates"], tok, tok.eos_token_id) for ex in batch]
+        processor = CandidateLogitsProcessor(constraints, max(len(ex["prompt_ids"]) for ex in batch))
+        gen = runner._generate(batch, max(c.max_tokens for c in constraints), processor)
+        for ex, titles, ids in zip(batch, processor.results(gen), gen):
+            assert len(titles) == 5 and len(set(titles)) == 5
+            assert set(titles) <= set(ex["candidates"])
+            # the generated tokens spell exactly the written answer
+            assert tok.decode(ids, skip_special_tokens=True) == SEP.join(titles)
+        records = runner(batch)
+        assert [r["output"] for r in records] == [SEP.join(t) for t in processor.results(gen)]
+
+
+def random_walk(constraint, rng):
+    """Decode with random choices among the allowed tokens; returns (token ids, most live parses)."""
+    states, ids, widest = constraint.start(), [], 1
+    while constraint.result(states) is None:
+        token = rng.choice(constraint.allowed(states))
+        ids.append(token)
+        states = constraint.advance(states, token)
+        widest = max(widest, len(states))
+        assert states, "a token the automaton allowed killed every parse"
+    assert constraint.allowed(states) == [constraint.eos]
+    return ids, constraint.result(states), widest
+
+
+def test_every_allowed_path_spells_distinct_candidates(random_model_dir):
+    tok = AutoTokenizer.from_pretrained(random_model_dir)
+    rng = random.Random(0)
+    widest = 1
+    for k in (5, 3):
+        constraint = CandidateConstraint(TRICKY, tok, tok.eos_token_id, k=k)
+        for _ in range(300):
+            ids, titles, width = random_walk(constraint, rng)
+            widest = max(widest, width)
+            assert ids[-1] == tok.eos_token_id
+            assert len(titles) == k and len(set(titles)) == k and set(titles) <= set(TRICKY)
+            assert tok.decode(ids[:-1]) == SEP.join(titles)
+            assert len(ids) <= constraint.max_tokens
+    print(f"at most {widest} parses were alive at once")
+
+
+def test_fewer_candidates_than_five(random_model_dir):
+    tok = AutoTokenizer.from_pretrained(random_model_dir)
+    constraint = CandidateConstraint(["B", "A", "B", "C", " "], tok, tok.eos_token_id)
+    _, titles, _ = random_walk(constraint, random.Random(1))
+    assert sorted(titles) == ["A", "B", "C"]
+
+
+def test_free_mode_reports_its_validity_rate(real_test_file, varied_model_dir, tmp_path, capsys):
+    out = tmp_path / "output.jsonl"
+    main(gen_args(real_test_file, varied_model_dir, out, "--limit", "4", "--max-new-tokens", "24"))
+    printed = re.search(r"valid titles ([\d.]+)%", capsys.readouterr().out)
+    examples = read_tests(str(real_test_file), "free", 4)
+    titles = [(t, ex) for ex, r in zip(examples, read_lines(out)) for t in split_titles(r["output"])]
+    rate = sum(t in ex["candidates"] for t, ex in titles) / max(len(titles), 1)
+    assert printed and float(printed.group(1)) == pytest.approx(100 * rate, abs=0.05)
+
+
+def direct_scores(model, tok, prompt_ids, titles):
+    """Per-candidate log-likelihoods from full forward passes over prompt + candidate, no cache."""
+    seqs = [prompt_ids + candidate_tokens(tok, t) for t in titles]
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
+    out = []
+    for row, s in enumerate(seqs):
+        positions = range(len(prompt_ids), len(s))
+        out.append(sum(logp[row, p - 1, s[p]].item() for p in positions))
+    return out
+
+
+def test_score_mode_equals_direct_computation(runner, examples):
+    model, tok = runner.model, runner.tok
+    batch = examples[:3]
+    assert len({len(ex["prompt_ids"]) for ex in batch}) > 1  # left padding is exercised
+    records = HFRunner(model, tok, "score")(batch)
+    for ex, rec in zip(batch, records):
+        assert sorted(rec["ranking"]) == sorted(set(ex["candidates"]))
+        assert rec["output"] == SEP.join(rec["ranking"][:5])
+        direct = dict(zip(rec["ranking"], direct_scores(model, tok, ex["prompt_ids"], rec["ranking"])))
+        assert rec["scores"] == pytest.approx([direct[t] for t in rec["ranking"]], abs=1e-3)
+        assert rec["scores"] == sorted(rec["scores"], reverse=True)
+        # the ranking is the direct one, up to numerical ties
+        by_direct = sorted(rec["ranking"], key=lambda t: -direct[t])
+        for a, b in zip(rec["ranking"], by_direct):
+            assert a == b or abs(direct[a] - direct[b]) < 1e-3
+
+
+def test_mean_normalisation_divides_by_token_count(runner, examples):
+    ex = examples[0]
+    total = HFRunner(runner.model, runner.tok, "score", score_norm="sum")([ex])[0]
+    mean = HFRunner(runner.model, runner.tok, "score", score_norm="mean")([ex])[0]
+    per_token = dict(zip(mean["ranking"], mean["scores"]))
+    for title, score in zip(total["ranking"], total["scores"]):
+        n = len(candidate_tokens(runner.tok, title))
+        assert per_token[title] == pytest.approx(score / n, abs=1e-4)
