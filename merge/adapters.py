@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from common.cli import UserError
 from common.io import read_json, write_json_atomic
@@ -87,11 +87,14 @@ def module_scaling(config, module, rank):
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
 
 
-def _read_tensors(weights):
+def read_safetensors(path):
+    """All tensors of a safetensors file, read with plain reads: touching a memory-mapped file
+    (safetensors' load_file) page by page was 100x slower on the VMs this was measured on."""
     try:
-        return load_file(weights)
+        with open(path, "rb") as f:
+            return load(f.read())
     except (SafetensorError, OSError) as err:
-        raise UserError(f"{weights}: not a readable safetensors file ({err})") from None
+        raise UserError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def load_adapter(path):
@@ -100,7 +103,7 @@ def load_adapter(path):
     config = read_json(config_path, "adapter config")
     _check_config(path, config)
     parts = {}
-    for key, tensor in _read_tensors(weights).items():
+    for key, tensor in read_safetensors(weights).items():
         match = KEY_RE.match(key)
         if not match:
             raise UserError(f"{weights}: unsupported tensor {key} (only LoRA A/B weights can be merged)")

@@ -18,14 +18,12 @@ import os
 import time
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from common.cli import UserError, run_main
 from common.io import read_json, write_json_atomic
 from merge.adapters import (INFO_NAME, adapter_config, atomic_dir, check_compatible, file_size,
-                            load_adapter, output_dtype, save_adapter)
+                            load_adapter, output_dtype, read_safetensors, save_adapter)
 from merge.methods import COEFFICIENTS, MAJORITY_SIGN, METHODS, NORMALIZE, POSITIVE_WEIGHTS, coefficients, \
     module_seed
 from merge.outputs import module_delta, stacked_factors, svd_factors, write_full_model
@@ -100,10 +98,7 @@ def read_weights_file(path, modules, n):
     elif path.endswith(".safetensors"):
         if not os.path.isfile(path):
             raise UserError(f"weights file not found: {path}")
-        try:
-            raw = {k: v.flatten().tolist() if v.dim() == 1 else None for k, v in load_file(path).items()}
-        except (SafetensorError, OSError) as err:
-            raise UserError(f"{path}: not a readable safetensors file ({err})") from None
+        raw = {k: v.tolist() if v.dim() == 1 else None for k, v in read_safetensors(path).items()}
     else:
         raise UserError(f"weights file must end in .json or .safetensors (never a pickle): {path}")
     missing, unknown = sorted(set(modules) - set(raw)), sorted(set(raw) - set(modules))
