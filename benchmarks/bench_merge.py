@@ -92,7 +92,7 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=28)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--small-hidden", type=int, default=512)
-    p.add_argument("--small-layers", type=int, default=4)
+    p.add_argument("--small-layers", type=int, default=2)
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs (shared machine: figures are rough)")
     with tempfile.TemporaryDirectory(prefix="bench_merge.") as tmp:

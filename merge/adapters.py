@@ -171,12 +171,11 @@ def atomic_dir(path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def adapter_config(template, rank, base_model, rank_pattern=None):
+def adapter_config(template, rank, base_model):
     """A PEFT LoRA config for a merged adapter whose stored scaling is 1 (lora_alpha = r)."""
     config = dict(template)
-    rank_pattern = rank_pattern or {}
-    config.update(r=rank, lora_alpha=rank, use_rslora=False, rank_pattern=rank_pattern,
-                  alpha_pattern=dict(rank_pattern), base_model_name_or_path=base_model,
+    config.update(r=rank, lora_alpha=rank, use_rslora=False, rank_pattern={},
+                  alpha_pattern={}, base_model_name_or_path=base_model,
                   inference_mode=True, init_lora_weights=True, lora_dropout=0.0)
     return config
 

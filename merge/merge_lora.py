@@ -146,11 +146,16 @@ def merge_adapter(args, adapters, table, dtype):
     return factors, errors
 
 
-def ranks_of(factors):
-    """(r, rank_pattern): the most common rank, and the modules whose rank differs from it."""
-    ranks = {m: a.shape[0] for m, (a, _) in factors.items()}
-    common = max(sorted(set(ranks.values())), key=list(ranks.values()).count)
-    return common, {m: r for m, r in ranks.items() if r != common}
+def pad_to_common_rank(factors):
+    """Zero-pad every module's factors to the largest rank: the product B @ A is unchanged, and the
+    adapter needs no per-module rank_pattern (which vLLM does not read). Returns that rank."""
+    rank = max(a.shape[0] for a, _ in factors.values())
+    for module, (a, b) in factors.items():
+        if a.shape[0] < rank:
+            extra = rank - a.shape[0]
+            factors[module] = (torch.cat([a, a.new_zeros(extra, a.shape[1])]),
+                               torch.cat([b, b.new_zeros(b.shape[0], extra)], dim=1))
+    return rank
 
 
 def full_deltas(args, adapters, table):
@@ -202,11 +207,10 @@ def main(argv=None):
             write_json_atomic(os.path.join(tmp, INFO_NAME), info)
         else:
             factors, errors = merge_adapter(args, adapters, table, dtype)
-            rank, pattern = ranks_of(factors)
-            info["rank"] = rank
+            info["rank"] = rank = pad_to_common_rank(factors)
             if errors:
                 report_svd_errors(info, errors)
-            config = adapter_config(adapters[0].config, rank, base_model, pattern)
+            config = adapter_config(adapters[0].config, rank, base_model)
             save_adapter(tmp, factors, config, info, tokenizer_from=args.adapters[0])
         size = file_size(tmp)
     print(f"merged {len(adapters)} adapters x {len(modules)} modules with {args.method} "
