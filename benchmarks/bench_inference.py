@@ -16,7 +16,7 @@ import random
 import time
 from collections import defaultdict
 
-from common.cli import run_main
+from common.cli import UserError, run_main
 from common.io import write_jsonl_atomic
 from common.prompt import CANDIDATES_CLOSE, CANDIDATES_OPEN, HISTORY_OPEN, SEP, SYSTEM, make_sample
 
@@ -64,32 +64,40 @@ def real_prompts(data_dir, n=200, seed=0, history=10, n_candidates=30, category=
     return samples
 
 
-def random_tiny_model(data_dir, out_dir, category="Beauty"):
-    """A random tiny Qwen2 (hidden 64, 2 layers) with a 1,024-token BPE trained on real titles."""
+def random_tiny_model(data_dir, out_dir, vocab_size=8192, category="Beauty"):
+    """A random tiny Qwen2 (hidden 64, 2 layers) with a BPE tokenizer trained on real titles."""
     from models.tiny import init_model, save_model, tiny_config
     from models.tokenizer import train_tokenizer
 
-    texts = list(real_titles(data_dir, category).values())[:2000]
+    texts = list(real_titles(data_dir, category).values())
     tok = train_tokenizer(texts + [SYSTEM, HISTORY_OPEN, CANDIDATES_OPEN, CANDIDATES_CLOSE, SEP],
-                          vocab_size=1024)
+                          vocab_size=vocab_size)
     model = init_model(tiny_config(tok, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2))
     save_model(model, tok, out_dir)
     return out_dir
 
 
 def throughput(runner, examples, batch_size):
-    """Samples per second over `examples` (prompt ids prepared), batches sorted by length."""
+    """(samples/s, decoding steps/s) over `examples` (prompt ids prepared), batches sorted by length.
+
+    A step is one generated position of a batch; it counts how long a batch waits for its longest answer.
+    """
     from inference.generate import batches_by_length
 
+    steps = []
+    generate = runner._generate
+    runner._generate = lambda *a: steps.append(generate(*a)) or steps[-1]
     start = time.perf_counter()
     for batch in batches_by_length(examples, batch_size):
         runner(batch)
-    return len(examples) / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    runner._generate = generate
+    return len(examples) / seconds, sum(s.shape[1] for s in steps) / seconds
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=os.path.join("..", "shared", "data", "amazon2014"))
+    p.add_argument("--data-dir", help="Amazon 2014 files (needed without --test-file or --model)")
     p.add_argument("--test-file", help="testdata/<domain>.jsonl (default: built from --data-dir)")
     p.add_argument("--model", help="model folder (default: a random tiny Qwen2 built in --work-dir)")
     p.add_argument("--work-dir", required=True)
@@ -97,10 +105,15 @@ def main(argv=None):
     p.add_argument("--single-prompts", type=int, default=24, help="prompts timed at batch size 1")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=128, help="free mode: about 5 titles")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--vocab-size", type=int, default=8192, help="tokenizer of the built model")
     args = p.parse_args(argv)
+    if not args.data_dir and not (args.test_file and args.model):
+        raise UserError("--data-dir is needed to build the prompts or the model")
 
     import torch
 
+    torch.set_num_threads(args.threads)
     from inference.generate import read_tests
     from inference.hf_backend import HFRunner
     from inference.loading import load_model, load_tokenizer
@@ -108,8 +121,9 @@ def main(argv=None):
     os.makedirs(args.work_dir, exist_ok=True)
     test_file = args.test_file or os.path.join(args.work_dir, "bench_test.jsonl")
     if not args.test_file:
-        write_jsonl_atomic(test_file, real_prompts(args.data_dir, args.prompts))
-    model_dir = args.model or random_tiny_model(args.data_dir, os.path.join(args.work_dir, "model"))
+        write_jsonl_atomic(test_file, real_prompts(args.data_dir, args.prompts, tricky=0))
+    model_dir = args.model or random_tiny_model(args.data_dir, os.path.join(args.work_dir, "model"),
+                                                   args.vocab_size)
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir, (), "cpu", "float32", tok)
     examples = read_tests(test_file, "score", args.prompts)
@@ -119,13 +133,15 @@ def main(argv=None):
         lengths.append(len(ex["prompt_ids"]))
     print(f"{len(examples)} prompts, {sum(lengths) / len(lengths):.0f} tokens on average; "
           f"torch threads {torch.get_num_threads()}; free mode max_new_tokens {args.max_new_tokens}")
-    print("| mode | batch 1 (samples/s) | batch %d (samples/s) | speed-up |" % args.batch_size)
-    print("| --- | --- | --- | --- |")
+    print(f"| mode | batch 1 (samples/s) | batch {args.batch_size} (samples/s) | speed-up "
+          f"| batch {args.batch_size} decoding steps/s |")
+    print("| --- | --- | --- | --- | --- |")
     for mode in ("free", "constrained", "score"):
         runner = HFRunner(model, tok, mode, args.max_new_tokens)
-        single = throughput(runner, examples[:args.single_prompts], 1)
-        batched = throughput(runner, examples, args.batch_size)
-        print(f"| {mode} | {single:.2f} | {batched:.2f} | {batched / single:.1f}x |", flush=True)
+        single, _ = throughput(runner, examples[:args.single_prompts], 1)
+        batched, steps = throughput(runner, examples, args.batch_size)
+        steps = f"{steps:.0f}" if steps else "-"
+        print(f"| {mode} | {single:.2f} | {batched:.2f} | {batched / single:.1f}x | {steps} |", flush=True)
     return 0
 
 

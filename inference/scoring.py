@@ -1,16 +1,22 @@
 """Score mode: rank every candidate by the model's log-likelihood of it as the answer's first item.
 
 score(c) = sum_j log p(u_j | prompt, u_<j), u = tokens of c + "||" (the separator marks where the
-first item ends), or that sum divided by len(u) with norm="mean". The prompts of a batch run once; their
-KV cache is then repeated for each candidate row, so a candidate costs only its own tokens.
+first item ends), or that sum divided by len(u) with norm="mean".
+
+A prompt runs once. Then all its candidates are packed end to end into one continuation that reuses
+the prompt's KV cache (nothing is copied per candidate): a 4D attention mask lets each candidate token
+see the prompt and the earlier tokens of its own candidate only, and position ids restart at the
+prompt's end for every candidate, so each candidate is scored exactly as if it followed the prompt
+alone. Prompts are scored one at a time: a prompt plus its packed candidates (about 1,400 tokens)
+already fills the matrix products, and unpadded prompts keep the fast causal attention path (on CPU,
+padded batches measured slower).
 """
 
 import torch
-from transformers import DynamicCache
 
 from common.prompt import SEP
 
-LOGIT_BUDGET = 1 << 27  # float32 logits held at once by a chunk of candidate rows (512 MiB)
+LOGIT_BUDGET = 1 << 27  # float32 logits held at once (512 MiB)
 
 
 def pad_left(seqs, pad_id):
@@ -25,65 +31,52 @@ def pad_left(seqs, pad_id):
     return ids, mask
 
 
-def pad_right(seqs, pad_id):
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
-
-
 def candidate_tokens(tokenizer, title):
     """The continuation whose likelihood is the candidate's score."""
     return tokenizer.encode(title + SEP, add_special_tokens=False)
 
 
-def _run_prompts(model, prompts, pad_id):
-    """Prompt forward pass: (last-position log-probs, legacy cache, mask)."""
-    device = model.device
-    ids, mask = pad_left(prompts, pad_id)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                use_cache=True, logits_to_keep=1)
-    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-    cache = out.past_key_values
-    legacy = cache.to_legacy_cache() if hasattr(cache, "to_legacy_cache") else cache
-    return first, legacy, mask.to(device)
+def _pack(token_lists):
+    """Candidates' tokens end to end: ids, segment (candidate index) and offset in the candidate."""
+    ids = torch.tensor([tok for toks in token_lists for tok in toks], dtype=torch.long)
+    seg = torch.tensor([c for c, toks in enumerate(token_lists) for _ in toks], dtype=torch.long)
+    off = torch.tensor([j for toks in token_lists for j in range(len(toks))], dtype=torch.long)
+    return ids, seg, off
 
 
-def _continuation_mask(prompt_mask, width, dtype):
-    """Additive 4D mask (rows, 1, width, prompt + width): prompt padding hidden, continuation causal.
-
-    Built here once rather than by the model from a 2D mask (several passes over the same size).
-    Right padding of the continuations needs no mask: a real token never looks to its right.
-    """
-    rows, plen = prompt_mask.shape
+def _packed_mask(plen, seg, off, dtype):
+    """Additive 4D mask (1, 1, width, plen + width): all of the prompt, then the same candidate's
+    tokens up to this one."""
     low = torch.finfo(dtype).min
-    out = torch.empty((rows, 1, width, plen + width), dtype=dtype, device=prompt_mask.device)
-    out[:, 0, :, :plen] = ((1 - prompt_mask.to(dtype)) * low)[:, None, :]
-    causal = torch.full((width, width), low, dtype=dtype, device=prompt_mask.device).triu(1)
-    out[:, 0, :, plen:] = causal
+    width = seg.shape[0]
+    out = torch.zeros((1, 1, width, plen + width), dtype=dtype, device=seg.device)
+    same = (seg[:, None] == seg[None, :]) & (off[None, :] <= off[:, None])
+    out[0, 0, :, plen:] = torch.where(same, 0.0, low).to(dtype)
     return out
 
 
-def _score_rows(model, first, legacy, mask, rows, pad_id):
-    """Summed log-probs and token counts of (prompt index, tokens) rows, reusing the prompt cache."""
+def _score_one(model, prompt, token_lists):
+    """Summed log-probs and token counts of each candidate continuation of one prompt."""
     device = model.device
-    b_idx = torch.tensor([b for b, _ in rows], device=device)
-    cont, cmask = (t.to(device) for t in pad_right([toks for _, toks in rows], pad_id))
-    cache = DynamicCache.from_legacy_cache(
-        tuple((k.index_select(0, b_idx), v.index_select(0, b_idx)) for k, v in legacy))
-    full_mask = _continuation_mask(mask.index_select(0, b_idx), cont.shape[1], first.dtype)
-    start = mask.sum(1).index_select(0, b_idx)
-    pos = start[:, None] + torch.arange(cont.shape[1], device=device)[None, :]
-    out = model(input_ids=cont, attention_mask=full_mask, position_ids=pos, past_key_values=cache,
-                use_cache=True)
-    logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
-    tok_lp = torch.cat([first.index_select(0, b_idx).gather(1, cont[:, :1]),
-                        logp.gather(2, cont[:, 1:, None]).squeeze(-1)], dim=1)
-    return (tok_lp * cmask).sum(1).cpu(), cmask.sum(1).cpu()
+    out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    ids, seg, off = (t.to(device) for t in _pack(token_lists))
+    dtype = model.get_input_embeddings().weight.dtype
+    hidden = model.get_decoder()(
+        input_ids=ids[None], attention_mask=_packed_mask(len(prompt), seg, off, dtype),
+        position_ids=(len(prompt) + off)[None], past_key_values=out.past_key_values, use_cache=True,
+    ).last_hidden_state[0]
+    # log p of token i: from the prompt's last position if it starts a candidate, else from i - 1
+    tok_lp = first[ids]
+    head = model.get_output_embeddings()
+    step = max(1, LOGIT_BUDGET // first.shape[-1])
+    for q0 in range(0, ids.shape[0] - 1, step):
+        q1 = min(ids.shape[0] - 1, q0 + step)
+        logp = torch.log_softmax(head(hidden[q0:q1]).float(), dim=-1)
+        prev = logp.gather(1, ids[q0 + 1:q1 + 1, None]).squeeze(-1)
+        tok_lp[q0 + 1:q1 + 1] = torch.where(off[q0 + 1:q1 + 1] > 0, prev, tok_lp[q0 + 1:q1 + 1])
+    sums = torch.zeros(len(token_lists), device=device).scatter_add_(0, seg, tok_lp)
+    return sums.cpu(), torch.tensor([len(t) for t in token_lists], dtype=torch.float32)
 
 
 @torch.no_grad()
@@ -95,24 +88,10 @@ def score_candidates(model, tokenizer, prompts, candidates, norm="sum"):
         candidates: one list of titles per prompt.
         norm: "sum" (total log-likelihood) or "mean" (per token).
     """
-    pad_id = tokenizer.pad_token_id
-    first, legacy, mask = _run_prompts(model, prompts, pad_id)
-    rows = [(b, candidate_tokens(tokenizer, t)) for b, titles in enumerate(candidates) for t in titles]
-    vocab = first.shape[-1]
-    longest = max(len(toks) for _, toks in rows)
-    chunk = max(1, LOGIT_BUDGET // (longest * vocab))
-    sums, counts = [], []
-    for i in range(0, len(rows), chunk):
-        s, n = _score_rows(model, first, legacy, mask, rows[i:i + chunk], pad_id)
-        sums.append(s)
-        counts.append(n)
-    scores = torch.cat(sums)
-    if norm == "mean":
-        scores = scores / torch.cat(counts)
-    out, i = [], 0
-    for titles in candidates:
-        out.append(scores[i:i + len(titles)].tolist())
-        i += len(titles)
+    out = []
+    for prompt, titles in zip(prompts, candidates):
+        sums, counts = _score_one(model, prompt, [candidate_tokens(tokenizer, t) for t in titles])
+        out.append((sums / counts if norm == "mean" else sums).tolist())
     return out
 
 
