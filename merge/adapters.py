@@ -9,7 +9,6 @@ for rsLoRA); `r` and `lora_alpha` may be overridden per module by rank_pattern /
 
 import contextlib
 import glob
-import json
 import math
 import os
 import re
@@ -78,7 +77,9 @@ def module_scaling(config, module, rank):
     r, alpha = config["r"], config["lora_alpha"]
     rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     if rank_pattern or alpha_pattern:
-        from peft.utils.other import get_pattern_key  # importing peft takes seconds: only when needed
+        from peft.utils.other import (
+            get_pattern_key,  # importing peft takes seconds: only when needed
+        )
 
         r = rank_pattern.get(get_pattern_key(rank_pattern, module), r)
         alpha = alpha_pattern.get(get_pattern_key(alpha_pattern, module), alpha)

@@ -22,10 +22,26 @@ from tqdm import tqdm
 
 from common.cli import UserError, run_main
 from common.io import read_json, write_json_atomic
-from merge.adapters import (INFO_NAME, adapter_config, atomic_dir, check_compatible, file_size,
-                            load_adapter, output_dtype, read_safetensors, save_adapter)
-from merge.methods import COEFFICIENTS, MAJORITY_SIGN, METHODS, NORMALIZE, POSITIVE_WEIGHTS, coefficients, \
-    module_seed
+from merge.adapters import (
+    INFO_NAME,
+    adapter_config,
+    atomic_dir,
+    check_compatible,
+    file_size,
+    load_adapter,
+    output_dtype,
+    read_safetensors,
+    save_adapter,
+)
+from merge.methods import (
+    COEFFICIENTS,
+    MAJORITY_SIGN,
+    METHODS,
+    NORMALIZE,
+    POSITIVE_WEIGHTS,
+    coefficients,
+    module_seed,
+)
 from merge.outputs import module_delta, stacked_factors, svd_factors, write_full_model
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -43,7 +59,7 @@ def parse_args(argv):
     p.add_argument("--normalize", default="softmax", choices=NORMALIZE, help="weaverec: w -> lambda")
     p.add_argument("--temperature", type=float, default=1.0, help="weaverec: T in softmax(w / T)")
     p.add_argument("--scale", type=float, default=1.0, help="task_arithmetic/ties/dare/magnitude_prune")
-    p.add_argument("--density", type=float, default=0.5, help="ties/magnitude_prune: share of entries kept")
+    p.add_argument("--density", type=float, help="ties/magnitude_prune: share of entries kept (0.5)")
     p.add_argument("--drop-rate", type=float, default=0.5, help="dare_*: share of entries dropped")
     p.add_argument("--majority-sign", default="total", choices=MAJORITY_SIGN, help="ties/dare_ties")
     p.add_argument("--seed", type=int, default=0, help="dare_*: seed of the drop masks")
@@ -65,6 +81,9 @@ def check_args(args):
         raise UserError(f"--weights has {len(args.weights)} values for {len(args.adapters)} adapters")
     if not args.temperature > 0 or not math.isfinite(args.temperature):
         raise UserError(f"--temperature must be a positive number, got {args.temperature}")
+    if args.density is not None and args.method.startswith("dare"):
+        print(f"note: --density is not used by {args.method}: DARE keeps a 1 - --drop-rate share")
+    args.density = 0.5 if args.density is None else args.density
     if not 0 < args.density <= 1:
         raise UserError(f"--density must be in (0, 1], got {args.density}")
     if not 0 <= args.drop_rate < 1:
@@ -74,9 +93,9 @@ def check_args(args):
     if args.output == "stacked" and args.method not in COEFFICIENTS:
         raise UserError(f"--method {args.method} does not give a low-rank delta, so it has no exact "
                         f"stacked adapter: use --output svd or --output full")
-    if args.output == "stacked" and args.rank is not None:
+    if args.output != "svd" and args.rank is not None:
         raise UserError("--rank applies to --output svd only (stacked rank = sum of the input ranks)")
-    if len(set(os.path.abspath(a) for a in args.adapters)) != len(args.adapters):
+    if len({os.path.abspath(a) for a in args.adapters}) != len(args.adapters):
         raise UserError("the same adapter folder is given twice")
 
 
@@ -161,7 +180,10 @@ def pad_to_common_rank(factors):
 def full_deltas(args, adapters, table):
     """Yield (module, merged float32 delta), one module at a time."""
     for module in tqdm(sorted(table), desc="merge (full)", unit="module"):
-        yield module, module_delta(adapters, module, args.method, table[module], method_params(args, module))
+        delta = module_delta(adapters, module, args.method, table[module], method_params(args, module))
+        if not torch.isfinite(delta).all():
+            raise UserError(f"{module}: the merged weights are not finite (weights too large?)")
+        yield module, delta
 
 
 def merge_info(args, adapters, table, base_model):

@@ -106,7 +106,10 @@ def write_full_model(out_dir, base_model, tokenizer_from, deltas, dtype=None, ma
             if tuple(weight.shape) != tuple(delta.shape):
                 raise UserError(f"{module}: base weight is {tuple(weight.shape)}, the adapters' delta is "
                                 f"{tuple(delta.shape)}: wrong --base-model?")
-            weight.copy_((weight.float() + delta).to(weight.dtype))
+            merged = (weight.float() + delta).to(weight.dtype)
+            if not torch.isfinite(merged).all():
+                raise UserError(f"{module}: base weight + delta overflows {weight.dtype}")
+            weight.copy_(merged)
             changed += 1
     model.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out_dir)

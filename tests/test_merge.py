@@ -268,9 +268,9 @@ def test_llamafactory_loads_the_merged_adapter(random_model_dir, adapters, tmp_p
 
     out = tmp_path / "merged"
     assert merge("--adapters", adapters["t"], adapters["ts2"], "--out", out, "--weights", "1", "3") == 0
-    model_args, _, finetuning_args, _ = get_infer_args(dict(
-        model_name_or_path=str(random_model_dir), adapter_name_or_path=str(out), template="qwen",
-        finetuning_type="lora", infer_dtype="float32"))
+    model_args, _, finetuning_args, _ = get_infer_args({
+        "model_name_or_path": str(random_model_dir), "adapter_name_or_path": str(out), "template": "qwen",
+        "finetuning_type": "lora", "infer_dtype": "float32"})
     tokenizer = load_tokenizer(model_args)["tokenizer"]
     model = load_model(tokenizer, model_args, finetuning_args, is_trainable=False)
     assert_close_rel(logits(model), adapter_logits(random_model_dir, out))

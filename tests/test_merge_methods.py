@@ -6,8 +6,17 @@ import math
 import pytest
 import torch
 
-from merge.methods import (coefficients, dare_linear, dare_ties, linear, magnitude_prune, merge_deltas,
-                           task_arithmetic, ties, weaverec)
+from merge.methods import (
+    coefficients,
+    dare_linear,
+    dare_ties,
+    linear,
+    magnitude_prune,
+    merge_deltas,
+    task_arithmetic,
+    ties,
+    weaverec,
+)
 
 
 def small_deltas(n=3, shape=(5, 7), seed=0):
