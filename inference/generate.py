@@ -129,16 +129,17 @@ def batches_by_length(examples, batch_size):
 
 def validity(examples, records):
     """(share of output titles that are candidates, share of outputs that are 5 distinct candidates)."""
-    items = valid = full = 0
+    items = valid = full = answers = 0
     for ex, rec in zip(examples, records):
         if ex["candidates"] is None:
             continue
+        answers += 1
         cands = {c.strip() for c in ex["candidates"]}
         titles = split_titles(rec["output"])
         items += len(titles)
         valid += sum(t in cands for t in titles)
         full += len(titles) == TOP_K and len(set(titles)) == TOP_K and all(t in cands for t in titles)
-    return valid / max(items, 1), full / max(len(records), 1)
+    return valid / max(items, 1), full / max(answers, 1)
 
 
 def run(args, runner, examples, output):
@@ -171,11 +172,14 @@ def main(argv=None):
         import torch
         torch.set_num_threads(args.threads)
     start = time.time()
-    records = run(args, make_runner(args, device, dtype), examples, output)
-    seconds = time.time() - start
+    runner = make_runner(args, device, dtype)
+    loaded = time.time()
+    records = run(args, runner, examples, output)
+    seconds = time.time() - loaded
     item_rate, full_rate = validity(examples, records)
-    print(f"wrote {args.out}: {len(records)} lines ({resumed} resumed), mode {args.mode}, "
-          f"{seconds:.1f}s, {(len(records) - resumed) / max(seconds, 1e-9):.2f} samples/s; "
+    print(f"wrote {args.out}: {len(records)} lines ({resumed} resumed), mode {args.mode}, model loaded "
+          f"in {loaded - start:.1f}s, {seconds:.1f}s, {(len(records) - resumed) / max(seconds, 1e-9):.2f} "
+          "samples/s; "
           f"valid titles {item_rate:.1%}, answers of 5 distinct candidates {full_rate:.1%}")
     return 0
 
