@@ -6,7 +6,7 @@ tokenizer's eos and pad tokens.
 """
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
 
 from common.prompt import SEP, TOP_K
 from inference.constrained import CandidateConstraint, CandidateLogitsProcessor, unique_titles
@@ -38,8 +38,29 @@ class HFRunner:
             return self._constrained(batch)
         return self._free(batch)
 
+    def _prefill(self, prompts, width):
+        """Each prompt but its last token run alone, the caches left-padded to `width` - 1 and joined.
+
+        An unpadded prompt takes the fast causal attention path (on CPU a padded batch's prefill
+        measured 2.4x slower), and a row's cache does not depend on the other rows of its batch.
+        """
+        layers = []
+        for prompt in prompts:
+            out = self.model(input_ids=torch.tensor([prompt[:-1]], device=self.model.device),
+                             use_cache=True, logits_to_keep=1)
+            layers.append(out.past_key_values.to_legacy_cache())
+
+        def pad(t):
+            return torch.nn.functional.pad(t, (0, 0, width - 1 - t.shape[2], 0))
+
+        return DynamicCache.from_legacy_cache(tuple(
+            (torch.cat([pad(layer[i][0]) for layer in layers]), torch.cat([pad(layer[i][1]) for layer in layers]))
+            for i in range(len(layers[0]))))
+
     def _generate(self, batch, max_new_tokens, processor=None):
-        ids, mask = pad_left([ex["prompt_ids"] for ex in batch], self.tok.pad_token_id)
+        prompts = [ex["prompt_ids"] for ex in batch]
+        ids, mask = pad_left(prompts, self.tok.pad_token_id)
+        cache = self._prefill(prompts, ids.shape[1]) if min(map(len, prompts)) > 1 else None
         sample = self.temperature > 0
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=sample, num_beams=1,
@@ -50,7 +71,7 @@ class HFRunner:
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-                generation_config=config, use_model_defaults=False,
+                past_key_values=cache, generation_config=config, use_model_defaults=False,
                 logits_processor=LogitsProcessorList([processor] if processor else []))
         return out[:, ids.shape[1]:].cpu()
 
