@@ -18,7 +18,14 @@ from collections import defaultdict
 
 from common.cli import UserError, run_main
 from common.io import write_jsonl_atomic
-from common.prompt import CANDIDATES_CLOSE, CANDIDATES_OPEN, HISTORY_OPEN, SEP, SYSTEM, make_sample
+from common.prompt import (
+    CANDIDATES_CLOSE,
+    CANDIDATES_OPEN,
+    HISTORY_OPEN,
+    SEP,
+    SYSTEM,
+    make_sample,
+)
 
 
 def real_titles(data_dir, category):

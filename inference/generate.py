@@ -18,7 +18,12 @@ from tqdm import tqdm
 from common.cli import UserError, run_main
 from common.io import read_jsonl
 from common.prompt import TOP_K, parse_user_prompt, sample_parts, split_titles
-from inference.resume import ResumableOutput, adapter_identity, file_sha256, model_identity
+from inference.resume import (
+    ResumableOutput,
+    adapter_identity,
+    file_sha256,
+    model_identity,
+)
 
 
 def parse_args(argv):

@@ -9,7 +9,11 @@ import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
 
 from common.prompt import SEP, TOP_K
-from inference.constrained import CandidateConstraint, CandidateLogitsProcessor, unique_titles
+from inference.constrained import (
+    CandidateConstraint,
+    CandidateLogitsProcessor,
+    unique_titles,
+)
 from inference.scoring import pad_left, rank, score_candidates
 
 

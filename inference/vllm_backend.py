@@ -16,7 +16,7 @@ from inference.scoring import candidate_tokens, rank
 
 def import_vllm():
     try:
-        import vllm  # noqa: F401
+        import vllm
     except ImportError:
         raise UserError("--backend vllm needs the vllm package (pip install vllm, on a CUDA "
                         "machine); without it use --backend hf") from None
@@ -43,8 +43,9 @@ class VLLMRunner:
             raise UserError("vLLM serves one LoRA adapter: merge the adapters first "
                             "(python -m merge.merge_lora), then pass the merged one")
         check_model_folder(base, "base model folder")
-        kwargs = dict(model=base, tokenizer=tokenizer_path, dtype=dtype, seed=seed, trust_remote_code=False,
-                      tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=True)
+        kwargs = {"model": base, "tokenizer": tokenizer_path, "dtype": dtype, "seed": seed,
+                  "trust_remote_code": False, "tensor_parallel_size": tensor_parallel_size,
+                  "enable_prefix_caching": True}
         self.lora = None
         if adapters:
             config = check_adapter_folder(adapters[0])

@@ -21,27 +21,37 @@ from inference.resume import ResumableOutput
 from tests.conftest import REPO
 
 
-@pytest.fixture(scope="session")
-def varied_model_dir(random_model_dir, tmp_path_factory):
+def build_varied_model(random_model_dir, out):
     """The random tiny Qwen2 re-initialised with larger weights (std 0.2), so that greedy outputs
     differ between prompts (at std 0.02 every prompt just repeats one token)."""
     config = AutoConfig.from_pretrained(random_model_dir)
     config.initializer_range = 0.2
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config)
-    out = tmp_path_factory.mktemp("varied-tiny-qwen2")
-    model.save_pretrained(out, safe_serialization=True)
+    Qwen2ForCausalLM(config).save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(random_model_dir).save_pretrained(out)
     return out
 
 
-@pytest.fixture(scope="session")
-def real_test_file(shared_data, tmp_path_factory):
+def write_real_prompts(shared_data, path):
     """12 WeaveRec test prompts of real Beauty users (3-item histories, 30 candidates, some with
     '|', digits, '&' and non-ASCII titles)."""
-    path = tmp_path_factory.mktemp("inference-data") / "beauty.jsonl"
     write_jsonl_atomic(path, real_prompts(shared_data, n=12, history=3))
     return path
+
+
+@pytest.fixture(scope="module")
+def varied_model_dir(random_model_dir, tmp_path_factory):
+    return build_varied_model(random_model_dir, tmp_path_factory.mktemp("varied-tiny-qwen2"))
+
+
+@pytest.fixture(scope="module")
+def real_test_file(shared_data, tmp_path_factory):
+    return write_real_prompts(shared_data, tmp_path_factory.mktemp("inference-data") / "beauty.jsonl")
+
+
+def count_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read().count("\n")
 
 
 @pytest.fixture(autouse=True)
@@ -109,14 +119,14 @@ def test_resume_after_sigkill_gives_the_uninterrupted_file(real_test_file, varie
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(progress) and open(progress).read().count("\n") >= 3:
+        if os.path.exists(progress) and count_lines(progress) >= 3:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not killed.exists()  # nothing that looks complete
-    done = open(progress).read().count("\n")
+    done = count_lines(progress)
     assert 3 <= done < 12
     with open(progress, "a") as f:  # as if killed in the middle of a write
         f.write('{"id": 11, "outp')
@@ -253,6 +263,6 @@ def test_cli_error_has_no_traceback(tmp_path):
     empty = write_text(tmp_path / "empty.jsonl", "")
     proc = subprocess.run([sys.executable, "-m", "inference.generate", "--test-file", str(empty),
                            "--base-model", str(tmp_path), "--out", str(tmp_path / "o.jsonl")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: test file is empty: {empty}"]
