@@ -93,8 +93,12 @@ def main(argv=None):
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--small-hidden", type=int, default=512)
     p.add_argument("--small-layers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="svd/full runs (stacked uses 1 anyway); more threads on a shared CPU are slower")
     args = p.parse_args(argv)
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs (shared machine: figures are rough)")
+    threads = ["--threads", str(args.threads)]
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, --threads {args.threads} "
+          f"(on a shared machine figures are rough)")
     with tempfile.TemporaryDirectory(prefix="bench_merge.") as tmp:
         shapes = module_shapes(args.layers, **QWEN2_7B)
         start = time.perf_counter()
@@ -123,7 +127,7 @@ def main(argv=None):
                              ("6. full weaverec model", ["--output", "full", "--base-model", base]),
                              ("7. full ties model", ["--method", "ties", "--output", "full", "--base-model", base])):
             out = os.path.join(tmp, label.split(".")[0])
-            report(label, *timed(["--adapters", *ins, "--out", out, *extra]), out)
+            report(label, *timed(["--adapters", *ins, "--out", out, *extra, *threads]), out)
 
 
 if __name__ == "__main__":
