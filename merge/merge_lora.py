@@ -233,8 +233,11 @@ def run_merge(args):
         return write_template(args.write_weights_template, modules, len(adapters))
     table = weights_table(args, modules, len(adapters))
     base_model = args.base_model or adapters[0].config.get("base_model_name_or_path")
-    if args.output == "full" and not os.path.isfile(os.path.join(base_model or "", "config.json")):
-        raise UserError(f"base model folder not found (no config.json): {base_model}; pass --base-model")
+    if not os.path.isfile(os.path.join(base_model or "", "config.json")):
+        if args.output == "full":
+            raise UserError(f"base model folder not found (no config.json): {base_model}; pass --base-model")
+        print(f"note: the base model {base_model} (from adapter_config.json) is not here; the merged "
+              f"adapter records it as is (--base-model sets another)")
     dtype = output_dtype(adapters, args.dtype)
     info = merge_info(args, adapters, table, base_model)
     with atomic_dir(args.out) as tmp:
