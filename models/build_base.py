@@ -34,11 +34,11 @@ def parse_args(argv):
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=1000, help="pre-training steps (0: no pre-training)")
+    p.add_argument("--steps", type=int, default=600, help="pre-training steps (0: no pre-training)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop pre-training after this long (makes the result depend on speed)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--block-size", type=int, default=256, help="tokens per pre-training window")
+    p.add_argument("--block-size", type=int, default=128, help="tokens per pre-training window")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixed, for reproducibility)")
     p.add_argument("--no-progress", action="store_true")

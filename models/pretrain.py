@@ -52,7 +52,7 @@ def lr_at(step, steps, lr, warmup):
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def pretrain(model, stream, steps, batch_size=16, block_size=256, lr=3e-3, seed=0,
+def pretrain(model, stream, steps, batch_size=16, block_size=128, lr=3e-3, seed=0,
              max_minutes=None, progress=True):
     """Train `model` on random windows of `stream`; return (losses per step, seconds, stopped_early)."""
     if len(stream) <= block_size + 1:

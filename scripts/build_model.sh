@@ -8,7 +8,7 @@ TRAIN_DIR=${TRAIN_DIR:-traindata}
 DOMAINS=${DOMAINS:-"sports beauty toys"}
 OUT=${OUT:-models/tiny-qwen2}
 SEED=${SEED:-0}
-STEPS=${STEPS:-1000}
+STEPS=${STEPS:-600}
 EXTRA=${EXTRA:-}                # more options, e.g. "--hidden-size 256 --layers 4 --max-minutes 5"
 if [ -x .venv/bin/python ]; then PYTHON=${PYTHON:-.venv/bin/python}; else PYTHON=${PYTHON:-python3}; fi
 

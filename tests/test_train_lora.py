@@ -28,8 +28,10 @@ def train_lora(dataset, **env):
 @pytest.fixture(scope="module")
 def trained(built_model, beauty_dir, tmp_path_factory):  # noqa: F811
     save = tmp_path_factory.mktemp("save")
+    # 12 epochs over 16 real samples (24 steps): a LoRA that learns lowers the loss on them
     proc = train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=save,
-                      EXTRA="max_samples=160 cutoff_len=1024 logging_steps=2 save_steps=10 learning_rate=3e-3")
+                      EXTRA="max_samples=16 num_train_epochs=12 logging_steps=2 save_steps=12 "
+                            "learning_rate=1e-2 warmup_ratio=0")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return save / "beauty"
 
@@ -38,9 +40,10 @@ def trained(built_model, beauty_dir, tmp_path_factory):  # noqa: F811
 def test_lora_trains_loss_falls_and_adapter_changes_the_model(trained, built_model, beauty_dir):  # noqa: F811
     assert (trained / "adapter_config.json").is_file() and (trained / "training_loss.png").is_file()
     assert not trained.with_name("beauty.partial").exists()
+    assert (trained / "checkpoint-12" / "adapter_model.safetensors").is_file()
     logs = [json.loads(line) for line in (trained / "trainer_log.jsonl").read_text().splitlines()]
     losses = [row["loss"] for row in logs if "loss" in row]
-    assert len(losses) >= 4 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.2, losses
+    assert len(losses) == 12 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.3, losses
     config = json.loads((trained / "adapter_config.json").read_text())
     assert config["r"] == 16 and {"q_proj", "v_proj", "down_proj"} <= set(config["target_modules"])
 
@@ -115,3 +118,24 @@ def test_missing_llamafactory_is_one_line(built_model, beauty_dir, tmp_path):  #
                       PYTHON=bare / "bin" / "python")
     assert proc.returncode != 0
     assert proc.stderr.strip() == "error: LLaMA-Factory is not installed in this Python (pip install -r requirements.txt)"
+
+
+def test_train_modules_trains_target_hybrids_and_comparisons_skipping_finished(built_model, beauty_dir, tmp_path):  # noqa: F811
+    from common.dataset_info import register
+
+    line = (beauty_dir / "beauty.jsonl").read_text().splitlines()[0] + "\n"
+    names = ["sports", "sports_beauty", "sports_toys", "beauty", "toys", "sports_beauty_toys"]
+    for name in names:
+        (tmp_path / f"{name}.jsonl").write_text(line)
+    register(str(tmp_path), names)
+    (tmp_path / "save" / "sports_beauty").mkdir(parents=True)
+    (tmp_path / "save" / "sports_beauty" / "adapter_model.safetensors").write_bytes(b"done")
+    env = dict(os.environ, TARGET="sports", SOURCES="beauty toys", SOURCE_ONLY="1", MIXED_ALL="1", DRY_RUN="1",
+               MODEL=str(built_model), DATA_DIR=str(tmp_path), SAVE_DIR=str(tmp_path / "save"))
+    proc = subprocess.run(["bash", "scripts/train_modules.sh"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    trained = [arg.split("=", 1)[1] for out in proc.stdout.splitlines() if "llamafactory-cli" in out
+               for arg in shlex.split(out) if arg.startswith("dataset=")]
+    assert trained == ["sports", "sports_toys", "beauty", "toys", "sports_beauty_toys"]
+    assert "sports_beauty: skipped" in proc.stdout
