@@ -25,7 +25,7 @@ TEMPERATURE=${TEMPERATURE:-1.0}
 VALID_USERS=${VALID_USERS:-300}           # validation lines used for the grid
 DENSITY=${DENSITY:-0.5}                   # TIES / DARE
 DROP_RATE=${DROP_RATE:-0.5}               # DARE
-SCALE=${SCALE:-0.5}                       # task arithmetic
+SCALE=${SCALE:-0.5}                       # task arithmetic: SCALE x the sum of the deltas
 BOOTSTRAP=${BOOTSTRAP:-1000}
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
@@ -104,7 +104,7 @@ for method in ties dare_ties task_arithmetic; do
   if ! has_row "$method"; then continue; fi
   case $method in
     ties) extra=(--density "$DENSITY" --output full --base-model "$MODEL") ;;
-    dare_ties) extra=(--density "$DENSITY" --drop-rate "$DROP_RATE" --output full --base-model "$MODEL") ;;
+    dare_ties) extra=(--drop-rate "$DROP_RATE" --output full --base-model "$MODEL") ;;
     task_arithmetic) extra=(--scale "$SCALE") ;;
   esac
   merge "$method" --adapters "$SAVE_DIR/$TARGET" "${hybrids[@]}" --method "$method" "${extra[@]}"
