@@ -2,8 +2,8 @@
 # Train one LoRA module with LLaMA-Factory on a registered dataset: bash scripts/train_lora.sh <dataset>
 #   <dataset>: a name in $DATA_DIR/dataset_info.json, e.g. sports, sports_beauty, beauty, sports_beauty_toys.
 # Writes $SAVE_DIR/<dataset>/ (adapter_config.json + adapter_model.safetensors, checkpoint-N/,
-# trainer_log.jsonl, training_loss.png). It is trained in $SAVE_DIR/<dataset>.partial and renamed when done,
-# so a folder with an adapter at its top is always a finished run.
+# trainer_log.jsonl, training_loss.png). The folder is emptied first and LLaMA-Factory writes the top-level
+# adapter only when training ends, so a folder with an adapter at its top is always a finished run.
 # Multi-GPU: NPROC=8 (LLaMA-Factory's own torchrun launch, FORCE_TORCHRUN=1), optionally
 # DEEPSPEED=scripts/train_configs/ds_z2_config.json; several nodes: also NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT.
 # DRY_RUN=1 prints the environment and the command instead of running them.
@@ -39,9 +39,8 @@ if [ ! -x "$LLAMAFACTORY_CLI" ]; then
 fi
 
 OUT="$SAVE_DIR/$DATASET"
-PARTIAL="$OUT.partial"
 cmd=("$LLAMAFACTORY_CLI" train "$CONFIG" "model_name_or_path=$MODEL" "dataset=$DATASET"
-     "dataset_dir=$DATA_DIR" "output_dir=$PARTIAL")
+     "dataset_dir=$DATA_DIR" "output_dir=$OUT")
 if [ -n "$DEEPSPEED" ]; then cmd+=("deepspeed=$DEEPSPEED"); fi
 # shellcheck disable=SC2206  # EXTRA is a list of key=value words on purpose
 if [ -n "$EXTRA" ]; then cmd+=($EXTRA); fi
@@ -68,15 +67,14 @@ if [ "$DRY_RUN" = "1" ]; then
 fi
 
 if [ "$own_cache" = "1" ]; then trap 'rm -rf "$HF_DATASETS_CACHE"' EXIT; fi
-rm -rf "$PARTIAL"
+# an old adapter left at the top would make an interrupted run look finished
+rm -rf "$OUT"
 mkdir -p "$SAVE_DIR"
 echo "[train_lora] $DATASET: $MODEL + $CONFIG -> $OUT"
 start=$SECONDS
 "${cmd[@]}"
-if [ ! -f "$PARTIAL/adapter_model.safetensors" ]; then
-  echo "error: LLaMA-Factory finished without writing $PARTIAL/adapter_model.safetensors" >&2
+if [ ! -f "$OUT/adapter_model.safetensors" ]; then
+  echo "error: LLaMA-Factory finished without writing $OUT/adapter_model.safetensors" >&2
   exit 1
 fi
-rm -rf "$OUT"
-mv "$PARTIAL" "$OUT"
 echo "[train_lora] wrote $OUT in $((SECONDS - start))s (loss plot: $OUT/training_loss.png)"

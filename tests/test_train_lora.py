@@ -21,7 +21,7 @@ DS_CONFIG = "scripts/train_configs/ds_z2_config.json"
 def train_lora(dataset, **env):
     """Run scripts/train_lora.sh as a user does, with path variables from `env`."""
     full = dict(os.environ, **{k: str(v) for k, v in env.items()})
-    return subprocess.run(["bash", "scripts/train_lora.sh", dataset], cwd=REPO, env=full,
+    return subprocess.run(["bash", "scripts/train_lora.sh", dataset], check=False, cwd=REPO, env=full,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -39,7 +39,6 @@ def trained(built_model, beauty_dir, tmp_path_factory):  # noqa: F811
 @pytest.mark.slow
 def test_lora_trains_loss_falls_and_adapter_changes_the_model(trained, built_model, beauty_dir):  # noqa: F811
     assert (trained / "adapter_config.json").is_file() and (trained / "training_loss.png").is_file()
-    assert not trained.with_name("beauty.partial").exists()
     assert (trained / "checkpoint-12" / "adapter_model.safetensors").is_file()
     logs = [json.loads(line) for line in (trained / "trainer_log.jsonl").read_text().splitlines()]
     losses = [row["loss"] for row in logs if "loss" in row]
@@ -83,7 +82,7 @@ def test_multi_gpu_command_uses_llamafactory_torchrun_and_paper_config(built_mod
              "val_size": 0.02, "eval_steps": 30, "save_steps": 30, "load_best_model_at_end": True, "seed": 42,
              "template": "qwen", "stage": "sft", "finetuning_type": "lora", "trust_remote_code": False}
     assert {k: args[k] for k in paper} == paper
-    assert args["dataset"] == "beauty" and args["output_dir"] == f"{tmp_path}/beauty.partial"
+    assert args["dataset"] == "beauty" and args["output_dir"] == f"{tmp_path}/beauty"
     assert args["model_name_or_path"] == str(built_model) and args["deepspeed"] == DS_CONFIG
     ds = json.loads((REPO / DS_CONFIG).read_text())
     assert ds["zero_optimization"]["stage"] == 2 and ds["train_micro_batch_size_per_gpu"] == "auto"
@@ -92,7 +91,7 @@ def test_multi_gpu_command_uses_llamafactory_torchrun_and_paper_config(built_mod
 def test_single_process_run_does_not_force_torchrun(built_model, beauty_dir, tmp_path):  # noqa: F811
     env, cmd = dry_run(MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path, FORCE_TORCHRUN="")
     assert "FORCE_TORCHRUN" not in env and "HF_DATASETS_CACHE" in env
-    assert "scripts/train_configs/tiny_cpu_lora.yaml" in cmd and f"output_dir={tmp_path}/beauty.partial" in cmd
+    assert "scripts/train_configs/tiny_cpu_lora.yaml" in cmd and f"output_dir={tmp_path}/beauty" in cmd
 
 
 @pytest.mark.parametrize("dataset, env, message", [
@@ -132,10 +131,20 @@ def test_train_modules_trains_target_hybrids_and_comparisons_skipping_finished(b
     (tmp_path / "save" / "sports_beauty" / "adapter_model.safetensors").write_bytes(b"done")
     env = dict(os.environ, TARGET="sports", SOURCES="beauty toys", SOURCE_ONLY="1", MIXED_ALL="1", DRY_RUN="1",
                MODEL=str(built_model), DATA_DIR=str(tmp_path), SAVE_DIR=str(tmp_path / "save"))
-    proc = subprocess.run(["bash", "scripts/train_modules.sh"], cwd=REPO, env=env, capture_output=True,
+    proc = subprocess.run(["bash", "scripts/train_modules.sh"], check=False, cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     trained = [arg.split("=", 1)[1] for out in proc.stdout.splitlines() if "llamafactory-cli" in out
                for arg in shlex.split(out) if arg.startswith("dataset=")]
     assert trained == ["sports", "sports_toys", "beauty", "toys", "sports_beauty_toys"]
     assert "sports_beauty: skipped" in proc.stdout
+
+
+def test_failed_run_leaves_no_finished_looking_adapter(built_model, beauty_dir, tmp_path):  # noqa: F811
+    """Retraining over an old module that then fails must not leave the old adapter looking like the new one."""
+    old = tmp_path / "beauty"
+    old.mkdir()
+    (old / "adapter_model.safetensors").write_bytes(b"old run")
+    proc = train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path, EXTRA="no_such_argument=1")
+    assert proc.returncode != 0
+    assert not (old / "adapter_model.safetensors").exists()
