@@ -20,7 +20,7 @@ RUN_DIR=${RUN_DIR:-result/compare_${TARGET}}
 ROWS=${ROWS:-"target_only hybrids mixed_all naive_merge weaverec ties dare_ties task_arithmetic"}
 MODE=${MODE:-score}                       # free | constrained | score (the same for every row)
 BATCH_SIZE=${BATCH_SIZE:-16}
-GRID=${GRID:-"0 1 2 3"}                   # target weights w_0 tried on the validation split (others 1); "" = off
+GRID=${GRID-"0 1 2 3"}                    # target weights w_0 tried on the validation split (others 1); "" = off
 TEMPERATURE=${TEMPERATURE:-1.0}
 VALID_USERS=${VALID_USERS:-300}           # validation lines used for the grid
 DENSITY=${DENSITY:-0.5}                   # TIES / DARE
@@ -83,16 +83,17 @@ fi
 if has_row weaverec && [ -n "$GRID" ]; then
   # choose the target weight on validation users only, never on test
   valid_dir="$RUN_DIR/validation"
-  mkdir -p "$valid_dir"
-  head -n "$VALID_USERS" "$VALID_FILE" > "$valid_dir/valid_subset.jsonl"
+  valid_subset="$valid_dir/data/valid_subset.jsonl"
+  mkdir -p "$valid_dir/data"
+  head -n "$VALID_USERS" "$VALID_FILE" > "$valid_subset"
   for w0 in $GRID; do
     read -r -a weights <<< "$(weaverec_weights "$w0")"
     merge "weaverec_w$w0" --adapters "$SAVE_DIR/$TARGET" "${hybrids[@]}" --method weaverec \
       --weights "${weights[@]}" --temperature "$TEMPERATURE"
-    infer "weaverec_w$w0 (validation)" "$valid_dir/valid_subset.jsonl" "$valid_dir/w$w0/output.jsonl" \
+    infer "weaverec_w$w0 (validation)" "$valid_subset" "$valid_dir/w$w0/output.jsonl" \
       --base-model "$MODEL" --adapter "$merged_dir/weaverec_w$w0"
   done
-  "$PYTHON" -m metric.metric --test-file "$valid_dir/valid_subset.jsonl" --pred-dir "$valid_dir" \
+  "$PYTHON" -m metric.metric --test-file "$valid_subset" --pred-dir "$valid_dir" \
     --out-dir "$valid_dir" --no-baselines --bootstrap 0 > /dev/null
   best=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"])' "$valid_dir/metrics.json")
   echo "[compare] target weight chosen on $VALID_USERS validation users: ${best#w}"
