@@ -14,8 +14,10 @@ SOURCES=${SOURCES:-"beauty toys"}
 MODEL=${MODEL:-models/tiny-qwen2}
 CONFIG=${CONFIG:-scripts/train_configs/tiny_cpu_lora.yaml}
 SAVE_DIR=${SAVE_DIR:-save}
-TEST_FILE=${TEST_FILE:-testdata/${TARGET}.jsonl}
-VALID_FILE=${VALID_FILE:-testdata/${TARGET}_valid.jsonl}
+DATA_DIR=${DATA_DIR:-traindata}           # LLaMA-Factory dataset_dir (and <target>.items.jsonl)
+TEST_DIR=${TEST_DIR:-testdata}
+TEST_FILE=${TEST_FILE:-${TEST_DIR}/${TARGET}.jsonl}
+VALID_FILE=${VALID_FILE:-${TEST_DIR}/${TARGET}_valid.jsonl}
 RUN_DIR=${RUN_DIR:-result/compare_${TARGET}}
 ROWS=${ROWS:-"target_only hybrids mixed_all naive_merge weaverec ties dare_ties task_arithmetic"}
 MODE=${MODE:-score}                       # free | constrained | score (the same for every row)
@@ -41,7 +43,7 @@ merged_dir="$SAVE_DIR/merged/compare_${TARGET}"
 # 1. train what is missing
 need_source_only=0; has_row naive_merge && need_source_only=1
 need_mixed=0; has_row mixed_all && need_mixed=1
-TARGET=$TARGET SOURCES=$SOURCES MODEL=$MODEL CONFIG=$CONFIG SAVE_DIR=$SAVE_DIR \
+TARGET=$TARGET SOURCES=$SOURCES MODEL=$MODEL CONFIG=$CONFIG SAVE_DIR=$SAVE_DIR DATA_DIR=$DATA_DIR \
   SOURCE_ONLY=$need_source_only MIXED_ALL=$need_mixed bash scripts/train_modules.sh
 
 infer() {  # infer <row> <test file> <out file> <model args...>
@@ -120,7 +122,7 @@ done
 compare=()
 if has_row weaverec && has_row target_only; then compare+=(--compare weaverec target_only); fi
 if has_row weaverec && has_row naive_merge; then compare+=(--compare weaverec naive_merge); fi
-items="traindata/${TARGET}.items.jsonl"
+items="$DATA_DIR/${TARGET}.items.jsonl"
 items_arg=(); if [ -f "$items" ]; then items_arg=(--items "$items"); fi
 "$PYTHON" -m metric.metric --test-file "$TEST_FILE" --pred-dir "$RUN_DIR" --out-dir "$RUN_DIR" \
   "${items_arg[@]}" "${compare[@]}" --bootstrap "$BOOTSTRAP"

@@ -9,10 +9,14 @@ cd "$(dirname "$0")/.."
 RAW_DIR=${RAW_DIR:-raw/synthetic}
 TARGET=${TARGET:-sports}
 SOURCES=${SOURCES:-"beauty toys"}
-TRAIN_SAMPLES=${TRAIN_SAMPLES:-3000}      # training samples per domain file
+TRAIN_SAMPLES=${TRAIN_SAMPLES:-3000}      # training samples per source domain file
+TARGET_SAMPLES=${TARGET_SAMPLES:-300}     # training (and validation) samples in the target's file: a
+                                          # data-poor target, the setting cross-domain transfer is for
 TEST_USERS=${TEST_USERS:-300}             # test users of the target (seeded sample)
 HISTORY=${HISTORY:-10}                    # most recent history items in a prompt
 TAG=${TAG:-$(basename "$RAW_DIR")}        # keeps models and modules of different data apart
+TRAIN_DIR=${TRAIN_DIR:-traindata}
+TEST_DIR=${TEST_DIR:-testdata}
 if [ "$TAG" = synthetic ]; then
   MODEL=${MODEL:-models/tiny-qwen2}; SAVE_DIR=${SAVE_DIR:-save}
 else
@@ -20,7 +24,8 @@ else
 fi
 BASE_STEPS=${BASE_STEPS:-1000}            # pre-training steps of the tiny base model
 MODE=${MODE:-score}                       # free | constrained | score
-ROWS=${ROWS:-"target_only hybrids weaverec"}
+ROWS=${ROWS:-"target_only hybrids weaverec"}   # all rows: see scripts/compare.sh
+GRID=${GRID-}                             # target weights to try on validation users (compare.sh)
 RUN_DIR=${RUN_DIR:-result/quickstart_${TAG}_${TARGET}}
 SEED=${SEED:-42}
 
@@ -35,22 +40,24 @@ if [ "$TAG" = synthetic ] && [ ! -f "$RAW_DIR/reviews_Sports_and_Outdoors_5.json
   OUT_DIR=$RAW_DIR bash scripts/synthesize_data.sh
 fi
 
-step "per-domain data: $TARGET $SOURCES"
-RAW_DIR=$RAW_DIR DOMAINS="$TARGET $SOURCES" TRAIN_SAMPLES=$TRAIN_SAMPLES TEST_USERS=$TEST_USERS \
+step "per-domain data: $TARGET (target) $SOURCES"
+TRAIN_DIR=$TRAIN_DIR TEST_DIR=$TEST_DIR RAW_DIR=$RAW_DIR DOMAINS="$TARGET" TRAIN_SAMPLES=$TARGET_SAMPLES VALID_SAMPLES=$TARGET_SAMPLES \
+  TEST_USERS=$TEST_USERS HISTORY=$HISTORY SEED=$SEED bash scripts/make_data.sh
+TRAIN_DIR=$TRAIN_DIR TEST_DIR=$TEST_DIR RAW_DIR=$RAW_DIR DOMAINS="$SOURCES" TRAIN_SAMPLES=$TRAIN_SAMPLES TEST_USERS=$TEST_USERS \
   HISTORY=$HISTORY SEED=$SEED bash scripts/make_data.sh
 
 step "hybrid data: $TARGET + each of $SOURCES"
-TARGET=$TARGET SOURCES=$SOURCES SEED=$SEED bash scripts/construct.sh
+TRAIN_DIR=$TRAIN_DIR TARGET=$TARGET SOURCES=$SOURCES SEED=$SEED ALL_MIXED=1 bash scripts/construct.sh
 
 if [ -f "$MODEL/config.json" ]; then
   step "base model: $MODEL exists, kept (delete it to rebuild)"
 else
   step "base model -> $MODEL"
-  DOMAINS="$TARGET $SOURCES" OUT=$MODEL STEPS=$BASE_STEPS bash scripts/build_model.sh
+  TRAIN_DIR=$TRAIN_DIR DOMAINS="$TARGET $SOURCES" OUT=$MODEL STEPS=$BASE_STEPS bash scripts/build_model.sh
 fi
 
 step "LoRA modules, merge, ranking, metrics"
 TARGET=$TARGET SOURCES=$SOURCES MODEL=$MODEL SAVE_DIR=$SAVE_DIR RUN_DIR=$RUN_DIR ROWS=$ROWS MODE=$MODE \
-  GRID="" bash scripts/compare.sh
+  GRID=$GRID DATA_DIR=$TRAIN_DIR TEST_DIR=$TEST_DIR bash scripts/compare.sh
 
 step "done in $((SECONDS - start))s: report in $RUN_DIR/metrics.md and $RUN_DIR/metrics.png"
