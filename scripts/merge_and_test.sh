@@ -38,12 +38,9 @@ echo "[merge_and_test] merging ${#adapters[@]} adapters with $METHOD ($OUTPUT) i
 # shellcheck disable=SC2086
 "$PYTHON" -m merge.merge_lora "${merge_args[@]}" $MERGE_EXTRA
 
-if [ ! -f inference/generate.py ]; then
-  echo "[merge_and_test] inference is not available yet (no inference/generate.py): stopping after the merge"
-  exit 0
-fi
 if [ "$OUTPUT" = "full" ]; then model_args=(--base-model "$MERGED"); else model_args=(--base-model "$MODEL" --adapter "$MERGED"); fi
 echo "[merge_and_test] predicting $TEST_FILE -> $PRED ($MODE)"
 # shellcheck disable=SC2086
 "$PYTHON" -m inference.generate --test-file "$TEST_FILE" "${model_args[@]}" \
   --out "$PRED" --mode "$MODE" --batch-size "$BATCH_SIZE" $INFER_EXTRA
+echo "[merge_and_test] next: TARGET=$TARGET PREDICTIONS=$PRED bash scripts/metric.sh"
