@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole WeaveRec pipeline in one command, on the embedded default (synthetic Amazon-like data,
 # a tiny Qwen2 built here, CPU): set-up -> data -> base model -> target-only + hybrid LoRAs through
-# LLaMA-Factory -> WeaveRec merge -> ranking on the target's test users -> metrics report.
+# LLaMA-Factory -> WeaveRec merge -> ranking on the target's test users -> metrics report, next to
+# the alternatives of scripts/compare.sh (ROWS="target_only hybrids weaverec" GRID="" for the minimum).
 # On real data: RAW_DIR=../shared/data/amazon2014 TARGET=sports SOURCES="beauty toys" bash scripts/quickstart.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,9 +10,9 @@ cd "$(dirname "$0")/.."
 RAW_DIR=${RAW_DIR:-raw/synthetic}
 TARGET=${TARGET:-sports}
 SOURCES=${SOURCES:-"beauty toys"}
-TRAIN_SAMPLES=${TRAIN_SAMPLES:-3000}      # training samples per source domain file
-TARGET_SAMPLES=${TARGET_SAMPLES:-300}     # training (and validation) samples in the target's file: a
-                                          # data-poor target, the setting cross-domain transfer is for
+TRAIN_SAMPLES=${TRAIN_SAMPLES:-3000}      # training samples per domain file (+ every validation sample)
+TARGET_SAMPLES=${TARGET_SAMPLES:-$TRAIN_SAMPLES}  # fewer for a data-poor target, e.g. 1000
+TARGET_VALID=${TARGET_VALID:--1}          # validation samples in the target's train file (-1: all)
 TEST_USERS=${TEST_USERS:-300}             # test users of the target (seeded sample)
 HISTORY=${HISTORY:-10}                    # most recent history items in a prompt
 TAG=${TAG:-$(basename "$RAW_DIR")}        # keeps models and modules of different data apart
@@ -24,8 +25,8 @@ else
 fi
 BASE_STEPS=${BASE_STEPS:-1000}            # pre-training steps of the tiny base model
 MODE=${MODE:-score}                       # free | constrained | score
-ROWS=${ROWS:-"target_only hybrids weaverec"}   # all rows: see scripts/compare.sh
-GRID=${GRID-}                             # target weights to try on validation users (compare.sh)
+ROWS=${ROWS:-"target_only hybrids mixed_all naive_merge weaverec ties dare_ties task_arithmetic"}
+GRID=${GRID-"0 1 2 3"}                    # target weights tried on validation users ("" = off)
 RUN_DIR=${RUN_DIR:-result/quickstart_${TAG}_${TARGET}}
 SEED=${SEED:-42}
 
@@ -41,7 +42,7 @@ if [ "$TAG" = synthetic ] && [ ! -f "$RAW_DIR/reviews_Sports_and_Outdoors_5.json
 fi
 
 step "per-domain data: $TARGET (target) $SOURCES"
-TRAIN_DIR=$TRAIN_DIR TEST_DIR=$TEST_DIR RAW_DIR=$RAW_DIR DOMAINS="$TARGET" TRAIN_SAMPLES=$TARGET_SAMPLES VALID_SAMPLES=$TARGET_SAMPLES \
+TRAIN_DIR=$TRAIN_DIR TEST_DIR=$TEST_DIR RAW_DIR=$RAW_DIR DOMAINS="$TARGET" TRAIN_SAMPLES=$TARGET_SAMPLES VALID_SAMPLES=$TARGET_VALID \
   TEST_USERS=$TEST_USERS HISTORY=$HISTORY SEED=$SEED bash scripts/make_data.sh
 TRAIN_DIR=$TRAIN_DIR TEST_DIR=$TEST_DIR RAW_DIR=$RAW_DIR DOMAINS="$SOURCES" TRAIN_SAMPLES=$TRAIN_SAMPLES TEST_USERS=$TEST_USERS \
   HISTORY=$HISTORY SEED=$SEED bash scripts/make_data.sh
