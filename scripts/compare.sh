@@ -52,9 +52,19 @@ infer() {  # infer <row> <test file> <out file> <model args...>
   "$PYTHON" -m inference.generate --test-file "$test" --out "$out" --mode "$MODE" \
     --batch-size "$BATCH_SIZE" "$@"
 }
-merge() {  # merge <name> <merge args...>
+merge() {  # merge <name> <merge args...>; kept when the same arguments merged the same adapter files
   local name=$1; shift
-  "$PYTHON" -m merge.merge_lora --out "$merged_dir/$name" "$@"
+  local out="$merged_dir/$name" stamp="$*" word
+  for word in "$@"; do
+    if [ -f "$word/adapter_model.safetensors" ]; then stamp+=" $(stat -c %Y "$word/adapter_model.safetensors")"; fi
+  done
+  if [ -d "$out" ] && [ -f "$out.stamp" ] && [ "$(cat "$out.stamp")" = "$stamp" ]; then
+    echo "[compare] $name: $out is up to date, kept"
+    return
+  fi
+  rm -f "$out.stamp"
+  "$PYTHON" -m merge.merge_lora --out "$out" "$@"
+  printf '%s\n' "$stamp" > "$out.stamp"
 }
 weaverec_weights() {  # target weight w0, every hybrid 1
   local w=("$1"); for _ in "${sources[@]}"; do w+=(1); done; echo "${w[@]}"
