@@ -1,7 +1,7 @@
 """Time the metric stage on a large synthetic report: USERS test lines x FILES prediction files.
 
 Writes its files to --work-dir (default: a fresh temporary folder, removed afterwards) and prints
-seconds per phase. Usage: python -m benchmarks.metric_speed [--users 30000] [--files 10] [--bootstrap 1000]
+seconds per phase. Usage: python -m benchmarks.bench_metric [--users 30000] [--files 10] [--bootstrap 1000]
 """
 
 import argparse
@@ -57,7 +57,7 @@ def main(argv=None):
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"metric_speed: {args.users} users x {args.files} files (+2 baselines), "
+    print(f"bench_metric: {args.users} users x {args.files} files (+2 baselines), "
           f"{args.bootstrap} resamples: build {t1 - t0:.1f}s, metric stage {t2 - t1:.1f}s wall, "
           f"{c2 - c1:.1f}s CPU")
 
