@@ -2,7 +2,6 @@
 
 import ast
 import gzip
-import os
 from pathlib import Path
 
 import pytest
@@ -49,6 +48,40 @@ def random_model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("random-tiny-qwen2")
     save_model(model, tok, out)
     return out
+
+
+def build_varied_model(random_model_dir, out):
+    """The random tiny Qwen2 re-initialised with larger weights (std 0.2), so that greedy outputs
+    differ between prompts (at std 0.02 every prompt just repeats one token)."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, Qwen2ForCausalLM
+
+    config = AutoConfig.from_pretrained(random_model_dir)
+    config.initializer_range = 0.2
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(random_model_dir).save_pretrained(out)
+    return out
+
+
+def write_real_prompts(shared_data, path):
+    """12 WeaveRec test prompts of real Beauty users (3-item histories, 30 candidates, some with
+    '|', digits, '&' and non-ASCII titles)."""
+    from benchmarks.bench_inference import real_prompts
+    from common.io import write_jsonl_atomic
+
+    write_jsonl_atomic(path, real_prompts(shared_data, n=12, history=3))
+    return path
+
+
+@pytest.fixture(scope="session")
+def varied_model_dir(random_model_dir, tmp_path_factory):
+    return build_varied_model(random_model_dir, tmp_path_factory.mktemp("varied-tiny-qwen2"))
+
+
+@pytest.fixture(scope="session")
+def real_test_file(shared_data, tmp_path_factory):
+    return write_real_prompts(shared_data, tmp_path_factory.mktemp("inference-data") / "beauty.jsonl")
 
 
 @pytest.fixture(autouse=True)

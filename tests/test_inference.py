@@ -11,42 +11,14 @@ import time
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoTokenizer, Qwen2ForCausalLM
+from transformers import AutoConfig, Qwen2ForCausalLM
 
-from benchmarks.bench_inference import real_prompts
 from common.cli import UserError, run_main
-from common.io import write_jsonl_atomic
 from inference.generate import main
 from inference.resume import ResumableOutput
 from tests.conftest import REPO
 
 
-def build_varied_model(random_model_dir, out):
-    """The random tiny Qwen2 re-initialised with larger weights (std 0.2), so that greedy outputs
-    differ between prompts (at std 0.02 every prompt just repeats one token)."""
-    config = AutoConfig.from_pretrained(random_model_dir)
-    config.initializer_range = 0.2
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(random_model_dir).save_pretrained(out)
-    return out
-
-
-def write_real_prompts(shared_data, path):
-    """12 WeaveRec test prompts of real Beauty users (3-item histories, 30 candidates, some with
-    '|', digits, '&' and non-ASCII titles)."""
-    write_jsonl_atomic(path, real_prompts(shared_data, n=12, history=3))
-    return path
-
-
-@pytest.fixture(scope="module")
-def varied_model_dir(random_model_dir, tmp_path_factory):
-    return build_varied_model(random_model_dir, tmp_path_factory.mktemp("varied-tiny-qwen2"))
-
-
-@pytest.fixture(scope="module")
-def real_test_file(shared_data, tmp_path_factory):
-    return write_real_prompts(shared_data, tmp_path_factory.mktemp("inference-data") / "beauty.jsonl")
 
 
 def count_lines(path):

@@ -14,26 +14,11 @@ from inference.generate import main, read_tests
 from inference.hf_backend import HFRunner
 from inference.loading import load_model, load_tokenizer
 from inference.scoring import candidate_tokens
-from tests.test_inference import (
-    build_varied_model,
-    gen_args,
-    read_lines,
-    write_real_prompts,
-)
+from tests.test_inference import gen_args, read_lines
 
 TRICKY = ["Foo", "Foo Bar", "Foo Bar 2", "Foo|", "|Bar", "Eye Cream| | Age Eye Cream |100%",
           "Crème brûlée ® 3 ½ oz", "naïve 日本語 ~ 1/3 fl.oz.", "Foo", "(Pack of 2) #2101 [Beauty]",
           "Spaced  title\xa0"]
-
-
-@pytest.fixture(scope="module")
-def varied_model_dir(random_model_dir, tmp_path_factory):
-    return build_varied_model(random_model_dir, tmp_path_factory.mktemp("varied-tiny-qwen2"))
-
-
-@pytest.fixture(scope="module")
-def real_test_file(shared_data, tmp_path_factory):
-    return write_real_prompts(shared_data, tmp_path_factory.mktemp("inference-data") / "beauty.jsonl")
 
 
 @pytest.fixture(scope="module")
