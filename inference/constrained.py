@@ -10,8 +10,6 @@ parse, so it is exact even if the tokenizer normalises or merges across title bo
 """
 
 import torch
-from transformers import LogitsProcessor
-
 from common.prompt import SEP, TOP_K
 
 DONE = -1  # node id of a finished parse
@@ -57,8 +55,9 @@ class CandidateConstraint:
         if not self.titles:
             raise ValueError("a prompt has no candidate titles")
         self.k = min(k, len(self.titles))
-        mid = [tokenizer.encode(t + SEP, add_special_tokens=False) for t in self.titles]
-        last = [tokenizer.encode(t, add_special_tokens=False) for t in self.titles]
+        n = len(self.titles)
+        encoded = tokenizer([t + SEP for t in self.titles] + self.titles, add_special_tokens=False)
+        mid, last = encoded["input_ids"][:n], encoded["input_ids"][n:]
         self.tries = (Trie(mid), Trie(last))
         self.eos = eos_id
         longest_mid = sorted((len(m) for m in mid), reverse=True)[:self.k - 1]
@@ -111,33 +110,37 @@ class CandidateConstraint:
         return None
 
 
-class CandidateLogitsProcessor(LogitsProcessor):
-    """Masks every token that no live parse allows; one constraint per batch row (no beams)."""
+class CandidateMask:
+    """The constraints of a batch, one per row (no beams), for `inference.decoding.Decoder`."""
 
-    def __init__(self, constraints, prompt_len):
+    def __init__(self, constraints):
         self.constraints = constraints
         self.states = [c.start() for c in constraints]
-        self.prompt_len = prompt_len
 
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[1] > self.prompt_len:
-            last = input_ids[:, -1].tolist()
-            self.states = [c.advance(s, t) for c, s, t in zip(self.constraints, self.states, last)]
-        rows, cols = [], []
-        for i, (c, s) in enumerate(zip(self.constraints, self.states)):
-            allowed = c.allowed(s)
-            if not allowed:
-                raise RuntimeError(f"constrained decoding reached a dead end in row {i}")
-            rows.extend([i] * len(allowed))
-            cols.extend(allowed)
-        mask = torch.full_like(scores, float("-inf"))
-        mask[rows, cols] = 0.0
-        return scores + mask
+    def choose(self, rows, hidden, head):
+        """The greedy token of each batch row `rows`, among the tokens some live parse allows.
 
-    def results(self, final_ids):
-        """Titles per row, after feeding the last generated token of `final_ids`."""
-        out = []
-        for c, s, ids in zip(self.constraints, self.states, final_ids.tolist()):
-            s = c.advance(s, ids[-1]) if c.result(s) is None else s
-            out.append(c.result(s))
-        return out
+        hidden: the last hidden states (len(rows), hidden size); head: the output embedding layer.
+        Only the allowed tokens' logits are computed (a few, against the whole vocabulary).
+        """
+        allowed = []
+        for row in rows:
+            tokens = self.constraints[row].allowed(self.states[row])
+            if not tokens:
+                raise RuntimeError(f"constrained decoding reached a dead end in row {row}")
+            allowed.append(tokens)
+        width = max(map(len, allowed))
+        index = torch.tensor([a + a[-1:] * (width - len(a)) for a in allowed], device=hidden.device)
+        logits = torch.bmm(head.weight[index], hidden[:, :, None]).squeeze(2)
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[index]
+        best = logits.float().max(dim=-1).indices  # padding repeats a token: either copy gives it
+        return index.gather(1, best[:, None]).squeeze(1)
+
+    def advance(self, rows, tokens):
+        for row, token in zip(rows, tokens):
+            self.states[row] = self.constraints[row].advance(self.states[row], token)
+
+    def results(self):
+        """Titles per row (None for a row that did not finish)."""
+        return [c.result(s) for c, s in zip(self.constraints, self.states)]

@@ -10,6 +10,7 @@ likelihood). Interrupted runs resume with the same arguments (see inference/resu
 """
 
 import argparse
+import gc
 import os
 import time
 
@@ -123,7 +124,10 @@ def make_runner(args, device, dtype):
     from inference.hf_backend import HFRunner
     model = load_model(args.base_model, args.adapter, device, dtype, tok)
     return HFRunner(model, tok, args.mode, args.max_new_tokens, args.score_norm, args.temperature,
-                    args.seed)
+                    args.seed, args.batch_size)
+
+
+CHUNK_BATCHES = 8  # examples handed to the runner at once, in batches: the unit of saved progress
 
 
 def batches_by_length(examples, batch_size):
@@ -151,7 +155,7 @@ def run(args, runner, examples, output):
     for ex in examples:
         ex["prompt_ids"] = runner.prompt_ids(ex["system"], ex["user"])
     bar = tqdm(total=len(examples), initial=len(output.done), unit="sample", desc=args.mode)
-    for batch in batches_by_length(examples, args.batch_size):
+    for batch in batches_by_length(examples, args.batch_size * CHUNK_BATCHES):
         todo = [ex for ex in batch if ex["id"] not in output.done]
         if todo:
             output.add(runner(batch))
@@ -178,6 +182,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     start = time.time()
     runner = make_runner(args, device, dtype)
+    gc.freeze()  # what is loaded stays; collections no longer rescan it (constraint tries made them slow)
     loaded = time.time()
     records = run(args, runner, examples, output)
     seconds = time.time() - loaded

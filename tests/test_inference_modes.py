@@ -6,10 +6,10 @@ import re
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, GenerationConfig
 
 from common.prompt import SEP, split_titles
-from inference.constrained import CandidateConstraint, CandidateLogitsProcessor
+from inference.constrained import CandidateConstraint, CandidateMask
 from inference.generate import main, read_tests
 from inference.hf_backend import HFRunner
 from inference.loading import load_model, load_tokenizer
@@ -50,15 +50,48 @@ def test_constrained_output_is_five_distinct_candidates(runner, examples):
     for start in range(0, len(examples), 4):
         batch = examples[start:start + 4]
         constraints = [CandidateConstraint(ex["candidates"], tok, tok.eos_token_id) for ex in batch]
-        processor = CandidateLogitsProcessor(constraints, max(len(ex["prompt_ids"]) for ex in batch))
-        gen = runner._generate(batch, max(c.max_tokens for c in constraints), processor)
-        for ex, titles, ids in zip(batch, processor.results(gen), gen):
+        constraint = CandidateMask(constraints)
+        gen = runner._generate(batch, max(c.max_tokens for c in constraints), constraint)
+        for ex, titles, ids in zip(batch, constraint.results(), gen):
             assert len(titles) == 5 and len(set(titles)) == 5
             assert set(titles) <= set(ex["candidates"])
             # the generated tokens spell exactly the written answer
             assert tok.decode(ids, skip_special_tokens=True) == SEP.join(titles)
         records = runner(batch)
-        assert [r["output"] for r in records] == [SEP.join(t) for t in processor.results(gen)]
+        assert [r["output"] for r in records] == [SEP.join(t) for t in constraint.results()]
+
+
+def constrained_alone(model, tok, prompt, constraint):
+    """Greedy constrained decoding of one prompt by transformers' generate, the allowed tokens given by
+    replaying the automaton over what was generated (prefix_allowed_tokens_fn)."""
+    def allowed(_, ids):
+        states = constraint.start()
+        for token in ids[len(prompt):].tolist():
+            states = constraint.advance(states, token)
+        return constraint.allowed(states)
+
+    config = GenerationConfig(max_new_tokens=constraint.max_tokens, do_sample=False, num_beams=1,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                              temperature=None, top_p=None, top_k=None)
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([prompt]), generation_config=config,
+                             prefix_allowed_tokens_fn=allowed, use_model_defaults=False)
+    return out[0, len(prompt):].tolist()
+
+
+def test_constrained_decoding_equals_generate_with_allowed_tokens(runner, examples):
+    """The decoder computes logits for the allowed tokens only, two rows at a time, finished rows
+    replaced: the same tokens as masking the full logits, each prompt alone."""
+    tok, batch = runner.tok, examples[:5]
+    constraints = [CandidateConstraint(ex["candidates"], tok, tok.eos_token_id) for ex in batch]
+    expected = [constrained_alone(runner.model, tok, ex["prompt_ids"], c) for ex, c in zip(batch, constraints)]
+    runner.batch_size = 2
+    try:
+        got = runner._generate(batch, max(c.max_tokens for c in constraints), CandidateMask(constraints))
+    finally:
+        runner.batch_size = 16
+    assert got == expected
+    assert all(ids[-1] == tok.eos_token_id for ids in got)
 
 
 def random_walk(constraint, rng):
