@@ -14,6 +14,7 @@ import html
 import json
 import os
 import random
+import statistics
 import time
 from collections import defaultdict
 
@@ -27,6 +28,7 @@ from common.prompt import (
     SYSTEM,
     make_sample,
 )
+from inference.generate import DEFAULT_BATCH_SIZE
 
 
 def real_titles(data_dir, category):
@@ -108,6 +110,10 @@ def throughput(runner, examples, batch_size):
     return len(examples) / seconds, sum(tokens) / seconds
 
 
+def spread(values):
+    return f"{statistics.median(values):.2f} [{values[0]:.2f}-{values[-1]:.2f}]"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", help="Amazon 2014 files (needed without --test-file or --model)")
@@ -116,7 +122,9 @@ def main(argv=None):
     p.add_argument("--work-dir", required=True)
     p.add_argument("--prompts", type=int, default=200)
     p.add_argument("--single-prompts", type=int, default=48, help="prompts timed at batch size 1")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help="the batched run (default: inference.generate's default)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs; medians are printed")
     p.add_argument("--max-new-tokens", type=int, default=128, help="free mode: about 5 titles")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--modes", nargs="+", choices=["free", "constrained", "score"],
@@ -149,15 +157,19 @@ def main(argv=None):
         lengths.append(len(ex["prompt_ids"]))
     print(f"{len(examples)} prompts, {sum(lengths) / len(lengths):.0f} tokens on average; "
           f"torch threads {torch.get_num_threads()}; free mode max_new_tokens {args.max_new_tokens}")
+    print(f"median of {args.repeats} interleaved runs (batch 1 on the first {args.single_prompts} "
+          f"prompts, then batch {args.batch_size} on all), min-max in brackets")
     print(f"| mode | batch 1 (samples/s) | batch {args.batch_size} (samples/s) | speed-up "
           f"| batch {args.batch_size} generated tokens/s |")
     print("| --- | --- | --- | --- | --- |")
     for mode in args.modes:
         runner = HFRunner(model, tok, mode, args.max_new_tokens)
-        single, _ = throughput(runner, examples[:args.single_prompts], 1)
-        batched, tokens = throughput(runner, examples, args.batch_size)
-        tokens = f"{tokens:.0f}" if tokens else "-"
-        print(f"| {mode} | {single:.2f} | {batched:.2f} | {batched / single:.1f}x | {tokens} |", flush=True)
+        runs = [(throughput(runner, examples[:args.single_prompts], 1)[0],
+                 *throughput(runner, examples, args.batch_size)) for _ in range(args.repeats)]
+        single, batched, tokens = (sorted(column) for column in zip(*runs))
+        tokens = f"{statistics.median(tokens):.0f}" if tokens[-1] else "-"
+        print(f"| {mode} | {spread(single)} | {spread(batched)} "
+              f"| {statistics.median(batched) / statistics.median(single):.1f}x | {tokens} |", flush=True)
     return 0
 
 

@@ -10,9 +10,11 @@ concatenated anew at every step, and the grouped key/value heads are copied out 
   right-aligned into one preallocated buffer per layer (`BufferCache`): a step writes one slot;
 - one-token steps read the grouped key/value heads where they lie (`grouped_decode_attention`);
   prefill keeps the model's own attention;
-- a finished row leaves the batch, so the others no longer carry it to the longest answer's end.
+- continuous batching: when a row finishes, the next waiting prompt is prefilled into its place, so the
+  batch stays full; rows with nothing to take their place leave it. When the buffers are full they are
+  laid out anew (`Batch.relayout`), without the padding all rows share.
 
-The results are those of `model.generate` with the same settings (a test compares them token by token).
+Each row's tokens are those of `model.generate` on its prompt alone (tests compare them token by token).
 """
 
 import contextlib
@@ -238,6 +240,8 @@ class Decoder:
         """prompts: lists of token ids, taken in this order. constraint: optional, with
         `choose(rows, hidden, head)` giving the tokens of the prompts `rows` from their last hidden
         states, and `advance(rows, tokens)` told them."""
+        if not prompts:
+            return []
         width = min(width or len(prompts), len(prompts))
         waiting = list(range(width, len(prompts)))[::-1]  # popped from the end
         batch = Batch(self.model, RELAYOUT_MARGIN)

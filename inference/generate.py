@@ -26,6 +26,9 @@ from inference.resume import (
     model_identity,
 )
 
+DEFAULT_BATCH_SIZE = 32
+CHUNK_BATCHES = 8  # examples handed to the runner at once, in batches: the unit of saved progress
+
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,7 +40,8 @@ def parse_args(argv):
     p.add_argument("--out", required=True, help="result/<run>/output.jsonl")
     p.add_argument("--mode", choices=["free", "constrained", "score"], default="free")
     p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help="rows decoded at once (a finished row takes the next test line)")
     p.add_argument("--max-new-tokens", type=int, default=800, help="free mode (constrained sizes its own)")
     p.add_argument("--score-norm", choices=["sum", "mean"], default="sum",
                    help="score mode: total or per-token log-likelihood")
@@ -125,9 +129,6 @@ def make_runner(args, device, dtype):
     model = load_model(args.base_model, args.adapter, device, dtype, tok)
     return HFRunner(model, tok, args.mode, args.max_new_tokens, args.score_norm, args.temperature,
                     args.seed, args.batch_size)
-
-
-CHUNK_BATCHES = 8  # examples handed to the runner at once, in batches: the unit of saved progress
 
 
 def batches_by_length(examples, batch_size):

@@ -3,7 +3,7 @@
 A run writes, beside `<out>` (e.g. result/RUN/output.jsonl):
 - `<out>.run.json`: the run's fingerprint (test file hash, model and adapter identities, decoding
   options), written before any prediction;
-- `<out>.progress`: finished predictions, one JSON line each, appended and fsync'ed per batch; a
+- `<out>.progress`: finished predictions, one JSON line each, appended and fsync'ed per chunk of batches; a
   trailing partial line (a kill in the middle of a write) is cut off on the next start.
 When every test line is done, `<out>` is written atomically in id order and the progress file removed.
 A rerun with the same fingerprint continues where the last one stopped (or does nothing if `<out>`

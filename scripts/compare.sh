@@ -21,7 +21,7 @@ VALID_FILE=${VALID_FILE:-${TEST_DIR}/${TARGET}_valid.jsonl}
 RUN_DIR=${RUN_DIR:-result/compare_${TARGET}}
 ROWS=${ROWS:-"target_only hybrids mixed_all naive_merge weaverec ties dare_ties task_arithmetic"}
 MODE=${MODE:-score}                       # free | constrained | score (the same for every row)
-BATCH_SIZE=${BATCH_SIZE:-16}
+BATCH_SIZE=${BATCH_SIZE:-32}
 GRID=${GRID-"0 1 2 3"}                    # target weights w_0 tried on the validation split (others 1); "" = off
 TEMPERATURE=${TEMPERATURE:-1.0}
 VALID_USERS=${VALID_USERS:-300}           # validation lines used for the grid

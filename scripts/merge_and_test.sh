@@ -23,7 +23,7 @@ RUN=${RUN:-${NAME}}
 PRED=${PRED:-result/${RUN}/output.jsonl}
 TEST_FILE=${TEST_FILE:-testdata/${TARGET}.jsonl}
 MODE=${MODE:-constrained}         # free | constrained | score
-BATCH_SIZE=${BATCH_SIZE:-12}
+BATCH_SIZE=${BATCH_SIZE:-32}
 INFER_EXTRA=${INFER_EXTRA:-}      # more inference options, e.g. "--limit 100 --backend vllm"
 if [ -x .venv/bin/python ]; then PYTHON=${PYTHON:-.venv/bin/python}; else PYTHON=${PYTHON:-python3}; fi
 

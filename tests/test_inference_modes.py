@@ -84,7 +84,8 @@ def test_constrained_decoding_equals_generate_with_allowed_tokens(runner, exampl
     replaced: the same tokens as masking the full logits, each prompt alone."""
     tok, batch = runner.tok, examples[:5]
     constraints = [CandidateConstraint(ex["candidates"], tok, tok.eos_token_id) for ex in batch]
-    expected = [constrained_alone(runner.model, tok, ex["prompt_ids"], c) for ex, c in zip(batch, constraints)]
+    expected = [constrained_alone(runner.model, tok, ex["prompt_ids"], c)
+                for ex, c in zip(batch, constraints)]
     runner.batch_size = 2
     try:
         got = runner._generate(batch, max(c.max_tokens for c in constraints), CandidateMask(constraints))
