@@ -163,9 +163,11 @@ def main(argv=None):
           f"| batch {args.batch_size} generated tokens/s |")
     print("| --- | --- | --- | --- | --- |")
     for mode in args.modes:
-        runner = HFRunner(model, tok, mode, args.max_new_tokens)
-        runs = [(throughput(runner, examples[:args.single_prompts], 1)[0],
-                 *throughput(runner, examples, args.batch_size)) for _ in range(args.repeats)]
+        def run(prompts, batch_size):  # a new runner: nothing cached from the last run
+            return throughput(HFRunner(model, tok, mode, args.max_new_tokens), prompts, batch_size)
+
+        runs = [(run(examples[:args.single_prompts], 1)[0], *run(examples, args.batch_size))
+                for _ in range(args.repeats)]
         single, batched, tokens = (sorted(column) for column in zip(*runs))
         tokens = f"{statistics.median(tokens):.0f}" if tokens[-1] else "-"
         print(f"| {mode} | {spread(single)} | {spread(batched)} "

@@ -50,14 +50,19 @@ def unique_titles(candidates):
 class CandidateConstraint:
     """The automaton for one prompt: which tokens may come next, given what was generated."""
 
-    def __init__(self, candidates, tokenizer, eos_id, k=TOP_K):
+    def __init__(self, candidates, tokenizer, eos_id, k=TOP_K, cache=None):
+        """cache: optional dict title -> (tokens of title + "||", tokens of title), shared between
+        prompts (test users' candidates come from one item pool), filled here."""
         self.titles = unique_titles(candidates)
         if not self.titles:
             raise ValueError("a prompt has no candidate titles")
         self.k = min(k, len(self.titles))
-        n = len(self.titles)
-        encoded = tokenizer([t + SEP for t in self.titles] + self.titles, add_special_tokens=False)
-        mid, last = encoded["input_ids"][:n], encoded["input_ids"][n:]
+        cache = {} if cache is None else cache
+        new = [t for t in self.titles if t not in cache]
+        if new:
+            ids = tokenizer([t + SEP for t in new] + new, add_special_tokens=False)["input_ids"]
+            cache.update(zip(new, zip(ids[:len(new)], ids[len(new):])))
+        mid, last = [cache[t][0] for t in self.titles], [cache[t][1] for t in self.titles]
         self.tries = (Trie(mid), Trie(last))
         self.eos = eos_id
         longest_mid = sorted((len(m) for m in mid), reverse=True)[:self.k - 1]

@@ -26,6 +26,7 @@ class HFRunner:
         self.seed = seed
         self.stop_ids = sorted({tokenizer.eos_token_id, tokenizer.pad_token_id} - {None})
         self.decoder = Decoder(model, self.stop_ids, temperature)
+        self.title_tokens = {}  # constrained mode: candidate title -> its tokens, for every prompt
 
     def prompt_ids(self, system, user):
         """Chat template over [system, user] with the generation prompt."""
@@ -57,7 +58,8 @@ class HFRunner:
 
     def _constrained(self, batch):
         eos = self.tok.eos_token_id
-        constraints = [CandidateConstraint(ex["candidates"], self.tok, eos, TOP_K) for ex in batch]
+        constraints = [CandidateConstraint(ex["candidates"], self.tok, eos, TOP_K, self.title_tokens)
+                       for ex in batch]
         constraint = CandidateMask(constraints)
         self._generate(batch, max(c.max_tokens for c in constraints), constraint)
         out = []

@@ -124,6 +124,20 @@ def test_every_allowed_path_spells_distinct_candidates(random_model_dir):
     print(f"at most {widest} parses were alive at once")
 
 
+def test_shared_title_cache_gives_the_same_automaton(random_model_dir):
+    tok = AutoTokenizer.from_pretrained(random_model_dir)
+    cache = {}
+    CandidateConstraint(TRICKY[:6], tok, tok.eos_token_id, cache=cache)
+    again = CandidateConstraint(TRICKY[::-1], tok, tok.eos_token_id, cache=cache)  # hits and misses
+    fresh = CandidateConstraint(TRICKY[::-1], tok, tok.eos_token_id)
+    assert set(cache) == set(TRICKY)
+    assert cache["Foo|"] == (tok.encode("Foo|" + SEP, add_special_tokens=False),
+                             tok.encode("Foo|", add_special_tokens=False))
+    for cached, built in zip(again.tries, fresh.tries):
+        assert (cached.children, cached.ends, cached.below) == (built.children, built.ends, built.below)
+    assert again.max_tokens == fresh.max_tokens
+
+
 def test_fewer_candidates_than_five(random_model_dir):
     tok = AutoTokenizer.from_pretrained(random_model_dir)
     constraint = CandidateConstraint(["B", "A", "B", "C", " "], tok, tok.eos_token_id)
