@@ -1,58 +1,12 @@
 """The embedded tiny base model: built from real Beauty samples, deterministic, its template = LLaMA-Factory's."""
 
 import json
-import subprocess
-import sys
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import REPO
-
-
-def process_domain(shared_data, train_dir, test_dir, domain="beauty", train=600, valid=300, users=100):
-    """Real traindata/testdata files for `domain`, made by the data stage as a user makes them.
-
-    Short prompts (5 history titles, 10 candidates: about 400 tokens) keep LLaMA-Factory runs quick.
-    """
-    cmd = [sys.executable, "-m", "data_process.process", "--raw-dir", str(shared_data), "--domain", domain,
-           "--train-dir", str(train_dir), "--test-dir", str(test_dir), "--train-samples", str(train),
-           "--valid-samples", str(valid), "--test-users", str(users), "--history", "5", "--candidates", "10"]
-    proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-
-
-# the session fixtures below are imported by tests/test_train_lora.py too: they keep their output under the
-# session's base folder so that the data and the model are made once per run, not once per module
-@pytest.fixture(scope="session")
-def beauty_dir(shared_data, tmp_path_factory):
-    train_dir = tmp_path_factory.getbasetemp() / "beauty-traindata"
-    if not (train_dir / "dataset_info.json").is_file():
-        process_domain(shared_data, train_dir, tmp_path_factory.getbasetemp() / "beauty-testdata")
-    return train_dir
-
-
-def build(train_dir, out, *extra):
-    """Run the build stage as a user does; return the finished process."""
-    cmd = [sys.executable, "-m", "models.build_base", "--train-dir", str(train_dir), "--domains", "beauty",
-           "--out", str(out), "--no-progress", *extra]
-    return subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-# a base small enough to build in seconds, pre-trained enough (loss about 7.6 -> 4.2) for a LoRA to learn on
-SMALL = ["--vocab-size", "2048", "--hidden-size", "64", "--steps", "200", "--batch-size", "16", "--block-size", "128",
-         "--lr", "1e-2", "--threads", "1"]
-
-
-@pytest.fixture(scope="session")
-def built_model(beauty_dir, tmp_path_factory):
-    out = tmp_path_factory.getbasetemp() / "built" / "tiny-qwen2"
-    if not (out / "build_info.json").is_file():
-        proc = build(beauty_dir, out, *SMALL)
-        assert proc.returncode == 0, proc.stderr
-    return out
+from tests.conftest import SMALL, build
 
 
 def test_build_writes_a_model_that_transformers_loads_and_that_learned(built_model):

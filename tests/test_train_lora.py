@@ -12,7 +12,6 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import REPO
-from tests.test_models import beauty_dir, built_model  # noqa: F401  (session fixtures reused)
 
 GPU_CONFIG = "scripts/train_configs/qwen2_7b_lora.yaml"
 DS_CONFIG = "scripts/train_configs/ds_z2_config.json"
@@ -26,7 +25,7 @@ def train_lora(dataset, **env):
 
 
 @pytest.fixture(scope="module")
-def trained(built_model, beauty_dir, tmp_path_factory):  # noqa: F811
+def trained(built_model, beauty_dir, tmp_path_factory):
     save = tmp_path_factory.mktemp("save")
     # 12 epochs over 16 real samples (24 steps): a LoRA that learns lowers the loss on them
     proc = train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=save,
@@ -37,7 +36,7 @@ def trained(built_model, beauty_dir, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_lora_trains_loss_falls_and_adapter_changes_the_model(trained, built_model, beauty_dir):  # noqa: F811
+def test_lora_trains_loss_falls_and_adapter_changes_the_model(trained, built_model, beauty_dir):
     assert (trained / "adapter_config.json").is_file() and (trained / "training_loss.png").is_file()
     assert (trained / "checkpoint-12" / "adapter_model.safetensors").is_file()
     logs = [json.loads(line) for line in (trained / "trainer_log.jsonl").read_text().splitlines()]
@@ -63,7 +62,7 @@ def dry_run(**env):
     return dict(line.split("=", 1) for line in env_lines), shlex.split(command)
 
 
-def test_multi_gpu_command_uses_llamafactory_torchrun_and_paper_config(built_model, beauty_dir, tmp_path):  # noqa: F811
+def test_multi_gpu_command_uses_llamafactory_torchrun_and_paper_config(built_model, beauty_dir, tmp_path):
     from llamafactory.hparams.parser import _TRAIN_ARGS
     from omegaconf import OmegaConf
 
@@ -88,7 +87,7 @@ def test_multi_gpu_command_uses_llamafactory_torchrun_and_paper_config(built_mod
     assert ds["zero_optimization"]["stage"] == 2 and ds["train_micro_batch_size_per_gpu"] == "auto"
 
 
-def test_single_process_run_does_not_force_torchrun(built_model, beauty_dir, tmp_path):  # noqa: F811
+def test_single_process_run_does_not_force_torchrun(built_model, beauty_dir, tmp_path):
     env, cmd = dry_run(MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path, FORCE_TORCHRUN="")
     assert "FORCE_TORCHRUN" not in env and "HF_DATASETS_CACHE" in env
     assert "scripts/train_configs/tiny_cpu_lora.yaml" in cmd and f"output_dir={tmp_path}/beauty" in cmd
@@ -101,7 +100,7 @@ def test_single_process_run_does_not_force_torchrun(built_model, beauty_dir, tmp
     ("beauty", {"CONFIG": "no/such.yaml"}, "error: training config not found: no/such.yaml"),
     ("beauty", {"NPROC": "two"}, "error: NPROC must be a whole number"),
 ])
-def test_bad_inputs_fail_in_one_line(built_model, beauty_dir, tmp_path, dataset, env, message):  # noqa: F811
+def test_bad_inputs_fail_in_one_line(built_model, beauty_dir, tmp_path, dataset, env, message):
     proc = train_lora(dataset, **{"MODEL": built_model, "DATA_DIR": beauty_dir, "SAVE_DIR": tmp_path, **env})
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
@@ -109,7 +108,7 @@ def test_bad_inputs_fail_in_one_line(built_model, beauty_dir, tmp_path, dataset,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_llamafactory_is_one_line(built_model, beauty_dir, tmp_path):  # noqa: F811
+def test_missing_llamafactory_is_one_line(built_model, beauty_dir, tmp_path):
     """A Python without LLaMA-Factory (a venv made without it) is named, not a traceback."""
     bare = tmp_path / "bare"
     subprocess.run(["python3", "-m", "venv", "--without-pip", str(bare)], check=True)
@@ -119,7 +118,7 @@ def test_missing_llamafactory_is_one_line(built_model, beauty_dir, tmp_path):  #
     assert proc.stderr.strip() == "error: LLaMA-Factory is not installed in this Python (pip install -r requirements.txt)"
 
 
-def test_train_modules_trains_target_hybrids_and_comparisons_skipping_finished(built_model, beauty_dir, tmp_path):  # noqa: F811
+def test_train_modules_trains_target_hybrids_and_comparisons_skipping_finished(built_model, beauty_dir, tmp_path):
     from common.dataset_info import register
 
     line = (beauty_dir / "beauty.jsonl").read_text().splitlines()[0] + "\n"
@@ -140,7 +139,7 @@ def test_train_modules_trains_target_hybrids_and_comparisons_skipping_finished(b
     assert "sports_beauty: skipped" in proc.stdout
 
 
-def test_failed_run_leaves_no_finished_looking_adapter(built_model, beauty_dir, tmp_path):  # noqa: F811
+def test_failed_run_leaves_no_finished_looking_adapter(built_model, beauty_dir, tmp_path):
     """Retraining over an old module that then fails must not leave the old adapter looking like the new one."""
     old = tmp_path / "beauty"
     old.mkdir()
