@@ -127,7 +127,7 @@ def shifted(t, index, shift, capacity, filled, extra=0, dim=2):
     shape[0], shape[dim] = index.shape[0] + extra, capacity
     out = t.new_zeros(shape)
     low = max(0, -shift)
-    kept = t.index_select(0, index).narrow(dim, low, filled - low)
+    kept = t.narrow(dim, low, filled - low).index_select(0, index)
     out[:index.shape[0]].narrow(dim, low + shift, filled - low).copy_(kept)
     return out
 
