@@ -15,7 +15,7 @@ from inference.scoring import rank, score_candidates
 
 class HFRunner:
     def __init__(self, model, tokenizer, mode="free", max_new_tokens=128, score_norm="sum",
-                 temperature=0.0, seed=0, batch_size=16):
+                 temperature=0.0, seed=0, batch_size=32):
         self.model = model
         self.batch_size = batch_size  # rows decoded at once; a call may bring more examples
         self.tok = tokenizer
@@ -45,7 +45,7 @@ class HFRunner:
     def _generate(self, batch, max_new_tokens, constraint=None):
         """Generated token ids per example (its stop token, if reached, last)."""
         generator = None
-        if self.temperature > 0:  # seeded per batch, so a resumed run samples what the first run would have
+        if self.temperature > 0:  # seeded per call, so a resumed run samples what the first run would have
             generator = torch.Generator(self.model.device).manual_seed(self.seed * 1_000_003 + batch[0]["id"])
         with torch.no_grad():
             return self.decoder([ex["prompt_ids"] for ex in batch], max_new_tokens, constraint, generator,
