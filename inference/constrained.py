@@ -10,6 +10,7 @@ parse, so it is exact even if the tokenizer normalises or merges across title bo
 """
 
 import torch
+
 from common.prompt import SEP, TOP_K
 
 DONE = -1  # node id of a finished parse
