@@ -47,9 +47,8 @@ class HFRunner:
         generator = None
         if self.temperature > 0:  # seeded per call, so a resumed run samples what the first run would have
             generator = torch.Generator(self.model.device).manual_seed(self.seed * 1_000_003 + batch[0]["id"])
-        with torch.no_grad():
-            return self.decoder([ex["prompt_ids"] for ex in batch], max_new_tokens, constraint, generator,
-                                self.batch_size)
+        return self.decoder([ex["prompt_ids"] for ex in batch], max_new_tokens, constraint, generator,
+                            self.batch_size)
 
     def _free(self, batch):
         gen = self._generate(batch, self.max_new_tokens)
