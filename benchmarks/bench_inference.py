@@ -7,16 +7,10 @@ model folder (models/tiny-qwen2 if given, else a random tiny Qwen2 built here); 
 """
 
 import argparse
-import ast
 import gc
-import gzip
-import html
-import json
 import os
-import random
 import statistics
 import time
-from collections import defaultdict
 
 from common.cli import UserError, run_main
 from common.io import write_jsonl_atomic
@@ -26,52 +20,9 @@ from common.prompt import (
     HISTORY_OPEN,
     SEP,
     SYSTEM,
-    make_sample,
 )
 from inference.generate import DEFAULT_BATCH_SIZE
-
-
-def real_titles(data_dir, category):
-    """asin -> title (HTML entities unescaped, so '&reg;' is '®'; whitespace collapsed)."""
-    titles = {}
-    with gzip.open(os.path.join(data_dir, f"meta_{category}.json.gz"), "rt", encoding="utf-8") as f:
-        for line in f:
-            meta = ast.literal_eval(line)
-            title = " ".join(html.unescape(meta.get("title") or "").split())
-            if title and SEP not in title:
-                titles[meta["asin"]] = title
-    return titles
-
-
-def real_prompts(data_dir, n=200, seed=0, history=10, n_candidates=30, category="Beauty", tricky=3):
-    """n leave-one-out test samples of seeded real users, each with `tricky` negatives chosen among
-    titles with non-ASCII characters or a '|' (the hard cases for tokenisation at title boundaries)."""
-    titles = real_titles(data_dir, category)
-    seqs = defaultdict(list)
-    with gzip.open(os.path.join(data_dir, f"reviews_{category}_5.json.gz"), "rt", encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            if r["asin"] in titles:
-                seqs[r["reviewerID"]].append((r["unixReviewTime"], r["asin"]))
-    rng = random.Random(seed)
-    pool = sorted(set(titles.values()))
-    hard = [t for t in pool if "|" in t or any(ord(c) > 127 for c in t)]
-    samples = []
-    for user in rng.sample(sorted(seqs), n):
-        items = list(dict.fromkeys(titles[a] for _, a in sorted(seqs[user])))
-        target, past = items[-1], items[:-1][-history:]
-        seen = set(items)
-        negatives = [t for t in rng.sample(hard, tricky * 3) if t not in seen][:tricky]
-        while len(negatives) < n_candidates - 1:
-            t = rng.choice(pool)
-            if t not in seen and t not in negatives:
-                negatives.append(t)
-        candidates = negatives + [target]
-        rng.shuffle(candidates)
-        sample = make_sample(past, candidates, [target] + negatives[:4])
-        sample["user"] = user
-        samples.append(sample)
-    return samples
+from tests.helpers import asin_titles, real_prompts
 
 
 def random_tiny_model(data_dir, out_dir, vocab_size=8192, category="Beauty"):
@@ -79,7 +30,7 @@ def random_tiny_model(data_dir, out_dir, vocab_size=8192, category="Beauty"):
     from models.tiny import init_model, save_model, tiny_config
     from models.tokenizer import train_tokenizer
 
-    texts = list(real_titles(data_dir, category).values())
+    texts = list(asin_titles(data_dir, category).values())
     tok = train_tokenizer(texts + [SYSTEM, HISTORY_OPEN, CANDIDATES_OPEN, CANDIDATES_CLOSE, SEP],
                           vocab_size=vocab_size)
     model = init_model(tiny_config(tok, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2))

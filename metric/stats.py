@@ -35,7 +35,11 @@ def bootstrap_means(values, n_resamples, seed, progress=False):
         b = stop - start
         draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
         counts = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)
-        out[start:stop] = counts @ values / n
+        # column by column: a matrix product over several columns may sum in another order (BLAS
+        # kernels differ with the width), and a column's resamples must not depend on its neighbours
+        counts = counts.astype(np.float64)
+        for j in range(values.shape[1]):
+            out[start:stop, j] = counts @ values[:, j] / n
     return out
 
 

@@ -1,16 +1,19 @@
 """Fixtures shared by the tests: the real data folder, small random Qwen2 models with a tokenizer, and real
 Beauty training data with a tiny base model built from it by the build stage."""
 
-import ast
-import gzip
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "amazon2014"
+from tests.helpers import (
+    REAL_TOKENIZER,
+    SHARED_DATA,
+    SMALL,
+    build,
+    build_real_tokenizer_model,
+    build_varied_model,
+    process_domain,
+    real_titles,
+    write_real_prompts,
+)
 
 
 @pytest.fixture(scope="session")
@@ -19,19 +22,6 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.fail(f"real data folder missing: {SHARED_DATA}")
     return SHARED_DATA
-
-
-def real_titles(n=2000, category="Beauty"):
-    """The first n titles of a real meta file (Python literals, parsed without eval)."""
-    titles = []
-    with gzip.open(SHARED_DATA / f"meta_{category}.json.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            title = ast.literal_eval(line).get("title")
-            if title:
-                titles.append(title)
-            if len(titles) >= n:
-                break
-    return titles
 
 
 @pytest.fixture(scope="session")
@@ -53,28 +43,12 @@ def random_model_dir(tmp_path_factory):
     return out
 
 
-def build_varied_model(random_model_dir, out):
-    """The random tiny Qwen2 re-initialised with larger weights (std 0.2), so that greedy outputs
-    differ between prompts (at std 0.02 every prompt just repeats one token)."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, Qwen2ForCausalLM
-
-    config = AutoConfig.from_pretrained(random_model_dir)
-    config.initializer_range = 0.2
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(random_model_dir).save_pretrained(out)
-    return out
-
-
-def write_real_prompts(shared_data, path):
-    """12 WeaveRec test prompts of real Beauty users (3-item histories, 30 candidates, some with
-    '|', digits, '&' and non-ASCII titles)."""
-    from benchmarks.bench_inference import real_prompts
-    from common.io import write_jsonl_atomic
-
-    write_jsonl_atomic(path, real_prompts(shared_data, n=12, history=3))
-    return path
+@pytest.fixture(scope="session")
+def real_tokenizer_model_dir(tmp_path_factory):
+    """A tiny random Qwen2 with the real Qwen2-7B-Instruct tokenizer (tests.helpers)."""
+    if not REAL_TOKENIZER.is_dir():
+        pytest.fail(f"real tokenizer folder missing: {REAL_TOKENIZER}")
+    return build_real_tokenizer_model(tmp_path_factory.mktemp("real-tokenizer-tiny-qwen2"))
 
 
 @pytest.fixture(scope="session")
@@ -87,18 +61,6 @@ def real_test_file(shared_data, tmp_path_factory):
     return write_real_prompts(shared_data, tmp_path_factory.mktemp("inference-data") / "beauty.jsonl")
 
 
-def process_domain(shared_data, train_dir, test_dir, domain="beauty", train=600, valid=300, users=100):
-    """Real traindata/testdata files for `domain`, made by the data stage as a user makes them.
-
-    Short prompts (5 history titles, 10 candidates: about 400 tokens) keep LLaMA-Factory runs quick.
-    """
-    cmd = [sys.executable, "-m", "data_process.process", "--raw-dir", str(shared_data), "--domain", domain,
-           "--train-dir", str(train_dir), "--test-dir", str(test_dir), "--train-samples", str(train),
-           "--valid-samples", str(valid), "--test-users", str(users), "--history", "5", "--candidates", "10"]
-    proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-
-
 # session fixtures of tests/test_models.py and tests/test_train_lora.py: made once per run
 @pytest.fixture(scope="session")
 def beauty_dir(shared_data, tmp_path_factory):
@@ -106,18 +68,6 @@ def beauty_dir(shared_data, tmp_path_factory):
     if not (train_dir / "dataset_info.json").is_file():
         process_domain(shared_data, train_dir, tmp_path_factory.getbasetemp() / "beauty-testdata")
     return train_dir
-
-
-def build(train_dir, out, *extra):
-    """Run the build stage as a user does; return the finished process."""
-    cmd = [sys.executable, "-m", "models.build_base", "--train-dir", str(train_dir), "--domains", "beauty",
-           "--out", str(out), "--no-progress", *extra]
-    return subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-# a base small enough to build in seconds, pre-trained enough (loss about 7.6 -> 4.2) for a LoRA to learn on
-SMALL = ["--vocab-size", "2048", "--hidden-size", "64", "--steps", "200", "--batch-size", "16", "--block-size", "128",
-         "--lr", "1e-2", "--threads", "1"]
 
 
 @pytest.fixture(scope="session")

@@ -90,7 +90,7 @@ def test_bad_input_file_or_registry_stops_before_writing(train_dir):
 
 
 def test_shell_scripts_run_the_stages_end_to_end(tmp_path):
-    from tests.test_process import write_raw
+    from tests.helpers import write_raw
     raw = write_raw(tmp_path / "raw")
     for suffix in ("reviews_{}_5.json.gz", "meta_{}.json.gz"):  # a second domain: the same files
         os.link(raw / suffix.format("Beauty"), raw / suffix.format("Toys_and_Games"))

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SOURCES = ["beauty", "toys"]
 # a few LLaMA-Factory steps per module, with a checkpoint folder on the way

@@ -16,9 +16,7 @@ from transformers import AutoConfig, Qwen2ForCausalLM
 from common.cli import UserError, run_main
 from inference.generate import main
 from inference.resume import ResumableOutput
-from tests.conftest import REPO
-
-
+from tests.helpers import REPO, gen_args, read_lines
 
 
 def count_lines(path):
@@ -32,16 +30,6 @@ def _one_thread():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-def gen_args(test_file, model, out, *extra):
-    return ["--test-file", str(test_file), "--base-model", str(model), "--out", str(out),
-            "--threads", "1", "--max-new-tokens", "8", *extra]
-
-
-def read_lines(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
 
 
 def exit_error(argv, capsys):

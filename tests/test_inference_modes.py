@@ -14,7 +14,7 @@ from inference.generate import main, read_tests
 from inference.hf_backend import HFRunner
 from inference.loading import load_model, load_tokenizer
 from inference.scoring import candidate_tokens
-from tests.test_inference import gen_args, read_lines
+from tests.helpers import gen_args, read_lines
 
 TRICKY = ["Foo", "Foo Bar", "Foo Bar 2", "Foo|", "|Bar", "Eye Cream| | Age Eye Cream |100%",
           "Crème brûlée ® 3 ½ oz", "naïve 日本語 ~ 1/3 fl.oz.", "Foo", "(Pack of 2) #2101 [Beauty]",

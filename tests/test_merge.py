@@ -11,33 +11,20 @@ import shutil
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from common.cli import run_main
-from merge.merge_lora import main
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-IDS = torch.arange(3, 60).view(1, -1)
-
-
-def make_adapter(base_dir, out, seed, r=4, alpha=8, rslora=False, targets=TARGETS, dtype=None, **patterns):
-    """A PEFT LoRA adapter on base_dir with seeded random A and B (PEFT would start B at zero)."""
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    config = LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=targets,
-                        lora_dropout=0.0, task_type="CAUSAL_LM", **patterns)
-    peft_model = get_peft_model(model, config)
-    gen = torch.Generator().manual_seed(seed)
-    for name, param in peft_model.named_parameters():
-        if "lora_" in name:
-            param.data = torch.randn(param.shape, generator=gen) * 0.15
-    peft_model.save_pretrained(out)
-    if dtype is not None:
-        path = out / "adapter_model.safetensors"
-        save_file({k: v.to(dtype) for k, v in load_file(path).items()}, path)
-    return out
+from tests.helpers import (
+    TARGETS,
+    adapter_logits,
+    assert_close_rel,
+    base_plus,
+    logits,
+    make_adapter,
+    merge,
+    peft_deltas,
+    weighted,
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,47 +40,6 @@ def adapters(random_model_dir, tmp_path_factory):
                                 alpha_pattern={"v_proj": 3}),
         "bf16": make_adapter(random_model_dir, root / "bf16", 4, r=4, alpha=8, dtype=torch.bfloat16),
     }
-
-
-def merge(*args):
-    """Run the CLI in-process; return its exit code."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(main, [str(a) for a in args])
-    return exit_info.value.code
-
-
-def peft_deltas(base_dir, adapter_dir):
-    """{module: delta weight} as PEFT computes it for an adapter folder (float32)."""
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)
-    return {name: mod.get_delta_weight("default").float()
-            for name, mod in model.base_model.model.named_modules() if isinstance(mod, LoraLayer)}
-
-
-def base_plus(base_dir, deltas):
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    with torch.no_grad():
-        for name, delta in deltas.items():
-            model.get_submodule(name).weight += delta
-    return model
-
-
-def logits(model):
-    with torch.no_grad():
-        return model(IDS).logits
-
-
-def adapter_logits(base_dir, adapter_dir):
-    return logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir))
-
-
-def weighted(deltas_list, lambdas_of):
-    """{module: sum_i lambda_i(module) * delta_i[module]}."""
-    return {m: sum(lam * d[m] for lam, d in zip(lambdas_of(m), deltas_list)) for m in deltas_list[0]}
-
-
-def assert_close_rel(actual, expected, tol=1e-5):
-    err = (actual - expected).abs().max().item()
-    assert err <= tol * expected.abs().max().item(), f"max abs error {err}"
 
 
 def test_weaverec_merge_equals_weighted_sum_of_adapter_deltas(random_model_dir, adapters, tmp_path):

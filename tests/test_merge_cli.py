@@ -13,8 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from common.io import write_jsonl_atomic
 from common.prompt import make_sample
-from tests.conftest import REPO, real_titles
-from tests.test_merge import make_adapter, merge
+from tests.helpers import REPO, make_adapter, merge, real_titles
 
 
 @pytest.fixture(scope="module")

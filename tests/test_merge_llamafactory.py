@@ -12,14 +12,15 @@ import torch
 from common.dataset_info import register
 from common.io import write_jsonl_atomic
 from common.prompt import make_sample
-from tests.conftest import REPO, real_titles
-from tests.test_merge import (
+from tests.helpers import (
+    REPO,
     adapter_logits,
     assert_close_rel,
     base_plus,
     logits,
     merge,
     peft_deltas,
+    real_titles,
     weighted,
 )
 

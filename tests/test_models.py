@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import SMALL, build
+from tests.helpers import SMALL, build
 
 
 def test_build_writes_a_model_that_transformers_loads_and_that_learned(built_model):

@@ -13,74 +13,16 @@ from common.io import dump_jsonl_line
 from common.prompt import SEP, parse_user_prompt, split_titles
 from data_process import process
 from data_process.samples import SampleBuilder
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-N_ITEMS, N_USERS, PER_USER = 80, 80, 8
-UNTITLED = {6: "no title key", 16: "", 26: None}  # item 36 has no meta line at all
-SPECIAL = {0: ("Soap &amp; Water \n  Bar", "Acme"), 1: ("Red || Blue | Pen |", "Acme"),
-           2: ("Same Name", "BrandX"), 3: ("Same Name", "BrandY"), 4: ("Twin", "Z"), 5: ("Twin", "Z")}
-CLEAN = {0: "Soap & Water Bar", 1: "Red | Blue | Pen", 2: "Same Name (BrandX)",
-         3: "Same Name (BrandY)", 4: "Twin (A0004)", 5: "Twin (A0005)"}
-
-
-def asin(i):
-    return f"A{i:04d}"
-
-
-def expected_sequences():
-    """User u buys items u, u+10, ..., u+70 (mod 80) in this order; every item has 8 buyers."""
-    return {f"U{u:03d}": [(u + 10 * j) % N_ITEMS for j in range(PER_USER)] for u in range(N_USERS)}
-
-
-def review_lines():
-    """Lines in a scrambled file order; U000's 3rd and 4th items share a timestamp, 4th written first."""
-    recs = []
-    for u, (user, seq) in enumerate(expected_sequences().items()):
-        for j, item in enumerate(seq):
-            t = 1_300_000_000 + 86400 * (j if not (u == 0 and j == 3) else 2)
-            recs.append(((j * 37 + u * 11) % 101, u, j, {"reviewerID": user, "asin": asin(item),
-                                                            "unixReviewTime": t}))
-    recs.sort(key=lambda r: (r[0], r[1], r[2] if r[1] else -r[2]))
-    return [json.dumps(r[3]) + "\n" for r in recs]
-
-
-def user_order():
-    """Users in order of first appearance among the review lines of titled items."""
-    recs = [json.loads(line) for line in review_lines()]
-    return list(dict.fromkeys(r["reviewerID"] for r in recs if int(r["asin"][1:]) not in (6, 16, 26, 36)))
-
-
-def meta_records():
-    recs = []
-    for i in range(N_ITEMS):
-        if i == 36:
-            continue
-        rec = {"asin": asin(i), "title": f"Item number {i}", "brand": f"Brand{i % 7}"}
-        if i in SPECIAL:
-            rec["title"], rec["brand"] = SPECIAL[i]
-        if i in UNTITLED:
-            if UNTITLED[i] == "no title key":
-                del rec["title"]
-            else:
-                rec["title"] = UNTITLED[i]
-        recs.append(rec)
-    return recs
-
-
-def write_gz(path, lines):
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        f.writelines(lines)
-
-
-def write_raw(folder, layout="2014", reviews=None, meta=None):
-    """Small raw files for Beauty: 80 users x 8 items; 2014 meta as Python literals, 2018 as JSON."""
-    os.makedirs(folder, exist_ok=True)
-    name = "reviews_Beauty_5.json.gz" if layout == "2014" else "Beauty_5.json.gz"
-    write_gz(os.path.join(folder, name), review_lines() if reviews is None else reviews)
-    dump = repr if layout == "2014" else json.dumps
-    write_gz(os.path.join(folder, "meta_Beauty.json.gz"),
-             [dump(r) + "\n" for r in meta_records()] if meta is None else meta)
-    return folder
+from tests.helpers import (
+    CLEAN,
+    REPO,
+    asin,
+    expected_sequences,
+    meta_records,
+    review_lines,
+    user_order,
+    write_raw,
+)
 
 
 def run_process(raw, out, *extra):

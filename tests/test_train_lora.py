@@ -11,7 +11,7 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 GPU_CONFIG = "scripts/train_configs/qwen2_7b_lora.yaml"
 DS_CONFIG = "scripts/train_configs/ds_z2_config.json"
