@@ -220,7 +220,7 @@ def build_real_tokenizer_model(out, hidden_size=64, layers=2, heads=4, kv_heads=
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
     for name in os.listdir(REAL_TOKENIZER):
-        shutil.copy(REAL_TOKENIZER / name, Path(out) / name)
+        shutil.copyfile(REAL_TOKENIZER / name, Path(out) / name)  # not the shared folder's read-only mode
     return out
 
 
