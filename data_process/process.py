@@ -38,6 +38,9 @@ def parse_args(argv):
     p.add_argument("--test-users", type=int, default=0, help="users in the test/valid files (0: all)")
     p.add_argument("--history", type=int, default=20, help="most recent items shown (0: all)")
     p.add_argument("--candidates", type=int, default=30)
+    p.add_argument("--answer-items", type=int, default=5, choices=range(1, 6), metavar="{1..5}",
+                   help="titles in a training answer: 5 = the target + 4 negatives, as the published "
+                        "code; 1 = the target alone (test and validation files keep 5)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--refilter-5core", action="store_true",
                    help="re-apply 5-core filtering after dropping items without a title")
@@ -132,7 +135,8 @@ def write_outputs(args, domain, user_names, seqs, builder):
     train_draws = builder.draws(rng(TRAIN_NEG))
 
     def train_line(u, k):  # k None: the user's validation sample, shared with the valid file
-        return builder.render(valid[u] if k is None else builder.build(seqs[u], k, train_draws))
+        sample = valid[u] if k is None else builder.build(seqs[u], k, train_draws)
+        return builder.render(sample, answer_items=args.answer_items)
 
     order = rng(SHUFFLE).permutation(len(rows)).tolist()
     _write(os.path.join(args.train_dir, f"{domain}.jsonl"), (train_line(*rows[j]) for j in bar(order, "train")))
@@ -155,7 +159,7 @@ def main(argv=None):
     stats["samples"] = write_outputs(args, domain, user_names, seqs, builder)
     stats["options"] = {k: getattr(args, k) for k in
                         ("train_samples", "valid_samples", "test_users", "history", "candidates",
-                         "seed", "refilter_5core")}
+                         "answer_items", "seed", "refilter_5core")}
     write_json_atomic(os.path.join(args.train_dir, f"{domain}.stats.json"), {"domain": domain, **stats})
     dataset_info.register(args.train_dir, [domain])
     s = stats["samples"]

@@ -103,9 +103,11 @@ class SampleBuilder:
         shown = prefix[-self.history:] if self.history else prefix
         return shown, [cands[j] for j in draws.permutation()], [target] + negs[:TOP_K - 1]
 
-    def render(self, sample, user=None):
-        """The sample's jsonl line (with a "user" field when `user` is given)."""
+    def render(self, sample, user=None, answer_items=TOP_K):
+        """The sample's jsonl line (with a "user" field when `user` is given); the answer keeps its
+        first `answer_items` titles (1: the target alone)."""
         esc, history, cands, answer = self.escaped, *sample
+        answer = answer[:answer_items]
         line = (self.head + SEP.join([esc[i] for i in history]) + self.middle
                 + SEP.join([esc[i] for i in cands]) + self.tail + SEP.join([esc[i] for i in answer]) + '"}]')
         return line + (', "user": "' + _esc(user) + '"}\n' if user is not None else "}\n")

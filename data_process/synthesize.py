@@ -7,8 +7,7 @@ drawn again, so no sequence has a gap), no user meets an item twice, and each us
 strictly increase.
 
 Item titles are "<Brand> <colour> <product type> [<variant>]" (3-6 words). The colour words are
-shared by every domain; brands and product types are the domain's own. The colours come in fixed
-pairs (black/white, red/green, ...).
+shared by every domain; brands and product types are the domain's own.
 
 How a user's sequence is drawn, in every domain:
   * a user carries a latent colour state; it starts at the user's taste in that domain, which is
@@ -19,9 +18,14 @@ How a user's sequence is drawn, in every domain:
   * between items the state follows the domain's rule with probability |agreement|, else it
     jumps to a random colour. The target domain's rule is "stay" (the next item shares its colour
     word with the history); a source with agreement > 0 follows the same rule (its structure
-    transfers to the target); a source with agreement < 0 follows the conflicting rule "switch to
-    the paired colour" (a model trained on it prefers the wrong colour in the target); agreement
-    0 is unrelated (colours carry no sequential structure).
+    transfers to the target); a source with agreement < 0 follows the conflicting rule "move on":
+    the next state is the colour after the current one in a fixed cycle of all the colours (black,
+    white, red, ..., beige, black), so the next item's colour follows the last one's and is none
+    of the recent history's (a model trained on it ranks the target's right colour low); agreement
+    0 is unrelated (colours carry no sequential structure). Two other conflicting rules were tried
+    and dropped (docs/results.md): "switch to the paired colour" makes histories alternate between
+    two colours, so "pick a colour of the history" still works in both domains and that source
+    helped; "leave for a colour not had yet" was never learned at this scale (not a copy rule).
 
 --agreement takes one DOMAIN=VALUE per source, VALUE in [-1, 1]; sources not named get 0. The
 default (target sports, beauty=1.0, toys=-1.0) gives the quickstart one helping and one hurting
@@ -43,7 +47,7 @@ from common.cli import UserError, run_main
 from common.domains import category, short_name
 from common.io import atomic_path
 
-# pairs: (0, 1), (2, 3), ...; the "conflicting" rule maps a colour to its partner
+# in the order of the conflicting rule's cycle
 COLOURS = ["black", "white", "red", "green", "blue", "orange", "pink", "grey",
            "purple", "yellow", "silver", "gold", "navy", "teal", "brown", "beige"]
 VARIANTS = ["", "", "Mini", "Pro", "XL", "Deluxe", "Travel", "2 Pack", "3 Pack", "Size M"]
@@ -72,11 +76,6 @@ VOCAB = {  # domain -> (display category, brands, product types)
 DEFAULT_AGREEMENT = {"beauty": 1.0, "toys": -1.0}
 START_DAY = datetime.date(2010, 1, 1)
 ALNUM = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
-
-
-def partner(colour):
-    """Index of the paired colour (black<->white, red<->green, ...)."""
-    return colour ^ 1
 
 
 def domain_rng(seed, domain, part):
@@ -127,9 +126,10 @@ def make_users(n_users, seed):
 
 
 def next_state(rng, state, agreement):
-    """The rule: stay (agreement > 0) or switch to the partner (< 0) w.p. |agreement|, else jump."""
+    """The rule, w.p. |agreement|: stay (agreement > 0) or move on to the next colour of the cycle
+    (agreement < 0); else a jump to a random colour."""
     if rng.random() < abs(agreement):
-        return state if agreement > 0 else partner(state)
+        return state if agreement > 0 else (state + 1) % len(COLOURS)
     return int(rng.integers(len(COLOURS)))
 
 

@@ -26,6 +26,7 @@ from inference.resume import (
     model_identity,
 )
 
+SCORE_NORMS = ["sum", "mean", "calibrated"]  # inference.scoring.SCORE_RULES (not imported: torch is slow)
 DEFAULT_BATCH_SIZE = 32
 CHUNK_BATCHES = 8  # examples handed to the runner at once, in batches: the unit of saved progress
 
@@ -43,8 +44,9 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="rows decoded at once (a finished row takes the next test line)")
     p.add_argument("--max-new-tokens", type=int, default=800, help="free mode (constrained sizes its own)")
-    p.add_argument("--score-norm", choices=["sum", "mean"], default="sum",
-                   help="score mode: total or per-token log-likelihood")
+    p.add_argument("--score-norm", choices=SCORE_NORMS, default="sum",
+                   help="score mode: total (sum) or per-token (mean) log-likelihood, or calibrated: "
+                        "minus the log-likelihood after the same prompt with an empty history")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="auto: bfloat16 on a GPU, float32 on CPU")

@@ -2,9 +2,18 @@
 
 - random: each prompt's candidates in a seeded random order (expected NDCG@1 = HR@1 = 1/30).
 - popularity: candidates sorted by train_count (interactions inside the domain's training prefixes,
-  from traindata/<d>.items.jsonl), most popular first; ties are broken by a seeded random key per
-  candidate, so equal counts are ordered at random but reproducibly.
+  from traindata/<d>.items.jsonl), most popular first;
+- content: candidates sorted by the IDF-weighted overlap of their title words with the words of the
+  prompt's history titles (no learning): score(c) = sum of idf(w) over the distinct words w of c
+  that occur in the history, idf(w) = log(N / df(w)) over the N distinct titles of the test file
+  (histories and candidates), df(w) = how many of them hold w; words are lower-cased \w+ runs.
+Ties are broken by a seeded random key per candidate, so equal scores are ordered at random but
+reproducibly.
 """
+
+import math
+import re
+from collections import Counter
 
 import numpy as np
 
@@ -56,3 +65,31 @@ def popularity_outputs(candidate_lists, counts, seed):
         raise UserError(f"only {share:.0%} of the test candidates are titles in the items file: "
                         "is it the items file of this test file's domain?")
     return outputs, share
+
+
+def title_words(title):
+    """The distinct lower-cased word runs of a title."""
+    return set(re.findall(r"\w+", title.lower()))
+
+
+def idf_weights(titles):
+    """word -> log(N / df) over the distinct `titles`."""
+    distinct = {t.strip() for t in titles}
+    df = Counter(w for t in distinct for w in title_words(t))
+    n = len(distinct)
+    return {w: math.log(n / c) for w, c in df.items()}
+
+
+def content_outputs(histories, candidate_lists, seed):
+    """One answer per prompt: its TOP_K candidates with the most IDF-weighted word overlap with the
+    prompt's history titles (see the module docstring)."""
+    idf = idf_weights([t for h in histories for t in h] + [c for cands in candidate_lists for c in cands])
+    rng = np.random.default_rng([seed, 5])
+    outputs = []
+    for history, cands in zip(histories, candidate_lists):
+        seen = set().union(*(title_words(t) for t in history)) if history else set()
+        score = np.array([sum(idf[w] for w in title_words(c) & seen) for c in cands])
+        tie_key = rng.random(len(cands))
+        order = np.lexsort((tie_key, -score))[:TOP_K]
+        outputs.append(SEP.join(cands[i] for i in order))
+    return outputs

@@ -3,7 +3,7 @@
 
 NDCG@1/3/5 and MRR as the published WeaveRec code computes them (metric/ranking.py), HR@1/3/5,
 output quality rates, bootstrap intervals over test users, paired comparisons, and random and
-popularity baselines on the same candidates.
+popularity baselines and a content baseline (word overlap with the history) on the same candidates.
 """
 
 import argparse
@@ -15,10 +15,12 @@ from tqdm import tqdm
 
 from common.cli import UserError, run_main
 from common.io import atomic_path, write_json_atomic, write_text_atomic
+from common.prompt import parse_user_prompt, sample_parts
 from metric import baselines, inputs, report, stats
 from metric.ranking import MATCH_MODES, METRICS, score_table
 
 LEVEL = 0.95
+BASELINES = ("random", "popularity", "content")
 MATCH_NOTES = {"exact": "fields compared byte for byte, as the published code does",
                "trim": "leading/trailing whitespace ignored",
                "casefold": "whitespace trimmed and case folded: looser than the published code"}
@@ -33,7 +35,7 @@ def parse_args(argv):
     p.add_argument("--names", nargs="+", help="one name per prediction file (default: run folder names)")
     p.add_argument("--out-dir", required=True, help="where metrics.json, metrics.md, metrics.png go")
     p.add_argument("--items", help="traindata/<d>.items.jsonl: adds the popularity baseline")
-    p.add_argument("--no-baselines", action="store_true", help="no random/popularity rows")
+    p.add_argument("--no-baselines", action="store_true", help="no random/popularity/content rows")
     cmp = p.add_mutually_exclusive_group()
     cmp.add_argument("--compare", nargs=2, action="append", metavar=("NAME_A", "NAME_B"),
                    help="paired comparison A - B (repeatable); default: the best file vs every other row")
@@ -48,15 +50,20 @@ def parse_args(argv):
     return args
 
 
+def read_histories(path):
+    """The history titles of every test line (the file was checked by inputs.load_test)."""
+    return [parse_user_prompt(sample_parts(row)[1])[0] for row in inputs.read_lines_strict(path, "test file")]
+
+
 def collect_rows(args, truths, cand_lists, cand_sets):
     """[(name, kind, file, per-user score matrix)] for the prediction files and the baselines."""
     files = args.predictions or inputs.discover(args.pred_dir)
     names = args.names or [inputs.default_name(f) for f in files]
     if len(names) != len(files):
         raise UserError(f"{len(names)} names for {len(files)} prediction files")
-    taken = {"random", "popularity"} if not args.no_baselines else set()
+    taken = set(BASELINES) if not args.no_baselines else set()
     if len(set(names)) < len(names) or taken & set(names):
-        raise UserError(f"prediction names must be unique and not 'random'/'popularity': {names}"
+        raise UserError(f"prediction names must be unique and not {'/'.join(BASELINES)}: {names}"
                         " (give --names)")
     rows, notes = [], []
     big = len(files) * len(truths) > 50_000
@@ -66,6 +73,8 @@ def collect_rows(args, truths, cand_lists, cand_sets):
     if not args.no_baselines:
         outputs = baselines.random_outputs(cand_lists, args.seed)
         rows.append(("random", "baseline", None, score_table(outputs, truths, cand_sets, args.match)))
+        outputs = baselines.content_outputs(read_histories(args.test_file), cand_lists, args.seed)
+        rows.append(("content", "baseline", None, score_table(outputs, truths, cand_sets, args.match)))
     if args.items and not args.no_baselines:
         outputs, share = baselines.popularity_outputs(cand_lists, baselines.load_item_counts(args.items),
                                                       args.seed)

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Compare WeaveRec with the alternatives on one target, same test users, same decoding:
-#   target-only, each hybrid alone, naive mixed training, the naive merge (target + source-only modules),
+#   the base model without any adapter, target-only, each hybrid alone, naive mixed training, the naive merge (target + source-only modules),
 #   WeaveRec (target + hybrids, equal weights; optionally a target weight chosen on the validation split),
-#   TIES / DARE / task-arithmetic merges of the WeaveRec modules, and the random / popularity baselines.
+#   TIES / DARE / task-arithmetic merges of the WeaveRec modules, and the random / popularity / content
+#   (word overlap with the history) baselines.
 # Trains only the modules that are missing (train_modules.sh skips existing ones), then writes
-# $RUN_DIR/<row>/output.jsonl and the report $RUN_DIR/metrics.{json,md,png}.
+# $RUN_DIR/<row>/output.jsonl, the report $RUN_DIR/metrics.{json,md,png} (every row with its interval,
+# the paired tests of the claim) and $RUN_DIR/training.{json,md} (each module's samples and steps).
 # Needs traindata/ and testdata/ for TARGET and SOURCES (make_data.sh, then construct.sh with ALL_MIXED=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +21,9 @@ TEST_DIR=${TEST_DIR:-testdata}
 TEST_FILE=${TEST_FILE:-${TEST_DIR}/${TARGET}.jsonl}
 VALID_FILE=${VALID_FILE:-${TEST_DIR}/${TARGET}_valid.jsonl}
 RUN_DIR=${RUN_DIR:-result/compare_${TARGET}}
-ROWS=${ROWS:-"target_only hybrids mixed_all naive_merge weaverec ties dare_ties task_arithmetic"}
+ROWS=${ROWS:-"base target_only hybrids mixed_all naive_merge weaverec ties dare_ties task_arithmetic"}
 MODE=${MODE:-score}                       # free | constrained | score (the same for every row)
+SCORE_NORM=${SCORE_NORM:-calibrated}      # score mode: sum | mean | calibrated (inference/scoring.py)
 BATCH_SIZE=${BATCH_SIZE:-32}
 GRID=${GRID-"0 1 2 3"}                    # target weights w_0 tried on the validation split (others 1); "" = off
 TEMPERATURE=${TEMPERATURE:-1.0}
@@ -50,7 +53,7 @@ infer() {  # infer <row> <test file> <out file> <model args...>
   local row=$1 test=$2 out=$3; shift 3
   echo "[compare] $row: $MODE decoding on $test"
   "$PYTHON" -m inference.generate --test-file "$test" --out "$out" --mode "$MODE" \
-    --batch-size "$BATCH_SIZE" "$@"
+    --score-norm "$SCORE_NORM" --batch-size "$BATCH_SIZE" "$@"
 }
 merge() {  # merge <name> <merge args...>; kept when the same arguments merged the same adapter files
   local name=$1; shift
@@ -70,7 +73,10 @@ weaverec_weights() {  # target weight w0, every hybrid 1
   local w=("$1"); for _ in "${sources[@]}"; do w+=(1); done; echo "${w[@]}"
 }
 
-# 2. single modules
+# 2. the base model alone, then single modules
+if has_row base; then
+  infer base "$TEST_FILE" "$RUN_DIR/base/output.jsonl" --base-model "$MODEL"
+fi
 if has_row target_only; then
   infer target_only "$TEST_FILE" "$RUN_DIR/target_only/output.jsonl" --base-model "$MODEL" --adapter "$SAVE_DIR/$TARGET"
 fi
@@ -128,11 +134,28 @@ for method in ties dare_ties task_arithmetic; do
   fi
 done
 
-# 4. one report for every row, with the paired comparisons the paper's claim rests on
-compare=()
-if has_row weaverec && has_row target_only; then compare+=(--compare weaverec target_only); fi
-if has_row weaverec && has_row naive_merge; then compare+=(--compare weaverec naive_merge); fi
+# 4. one report for every row, with the paired comparisons the paper's claim rests on:
+#    transfer (hybrids, WeaveRec vs target-only), negative transfer (naive mixing, the naive merge and
+#    the hybrids vs target-only; WeaveRec vs the naive merge), learning (target-only vs the base) and
+#    the bars beyond (WeaveRec vs popularity and content)
 items="$DATA_DIR/${TARGET}.items.jsonl"
 items_arg=(); if [ -f "$items" ]; then items_arg=(--items "$items"); fi
+rows_done=(); for d in "$RUN_DIR"/*/; do [ -f "$d/output.jsonl" ] && rows_done+=("$(basename "$d")"); done
+has_out() { [[ " ${rows_done[*]} " == *" $1 "* ]]; }
+compare=()
+pair() { if has_out "$1" && { has_out "$2" || [ "$2" = content ] || { [ "$2" = popularity ] && [ -f "$items" ]; }; }; then
+  compare+=(--compare "$1" "$2"); fi; }
+pair weaverec target_only; pair weaverec naive_merge; pair weaverec_tuned target_only
+for s in "${sources[@]}"; do pair "hybrid_$s" target_only; done
+pair mixed_all target_only; pair naive_merge target_only; pair target_only base
+pair weaverec popularity; pair weaverec content
 "$PYTHON" -m metric.metric --test-file "$TEST_FILE" --pred-dir "$RUN_DIR" --out-dir "$RUN_DIR" \
   "${items_arg[@]}" "${compare[@]}" --bootstrap "$BOOTSTRAP"
+
+# 5. each module's budget: the lines of its file, epochs, samples trained, optimisation steps
+modules=("$TARGET")
+for s in "${sources[@]}"; do modules+=("${TARGET}_$s"); done
+if [ "$need_source_only" = 1 ]; then modules+=("${sources[@]}"); fi
+if [ "$need_mixed" = 1 ]; then modules+=("$mixed"); fi
+"$PYTHON" -m metric.training --data-dir "$DATA_DIR" --save-dir "$SAVE_DIR" --datasets "${modules[@]}" \
+  --out-dir "$RUN_DIR"

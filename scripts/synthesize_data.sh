@@ -2,7 +2,8 @@
 # Write the embedded default data: synthetic Amazon-like raw files (2014 layout) for several domains,
 # so make_data.sh and the rest of the pipeline run on them unchanged, with no download.
 # AGREEMENT sets, per source, how the source's sequential rule relates to the target's:
-# 1 the same rule (positive transfer), -1 a conflicting rule (negative transfer), 0 unrelated.
+# 1 the same rule ("stay" on a colour: positive transfer), -1 a conflicting rule ("move on" to the next
+# colour of a cycle: negative transfer), 0 unrelated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

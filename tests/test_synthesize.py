@@ -150,13 +150,15 @@ def test_real_processing_stage_reads_the_files(default_data, tmp_path):
 
 
 @pytest.mark.parametrize("domain", sorted(CATEGORIES))
-def test_history_words_predict_the_next_item_in_every_domain(default_data, domain):
+def test_history_words_predict_the_next_item_where_the_rule_is_stay(default_data, domain):
     rates = hit_rates(sequences(default_data, domain))
     assert rates["random"] < 0.06
-    assert rates["overlap"] > 0.1 and rates["overlap"] > 3 * rates["random"]
     assert rates["popularity"] > 1.3 * rates["random"]
     if domain != "toys":  # the 'stay' rule: history words beat popularity by far
+        assert rates["overlap"] > 0.1 and rates["overlap"] > 3 * rates["random"]
         assert rates["overlap"] > 2 * rates["popularity"]
+    else:  # 'move on': the next colour is not in the history, so its words mislead
+        assert rates["overlap"] < rates["popularity"]
 
 
 def test_agreement_sets_whether_the_source_rule_helps_or_conflicts(default_data, tmp_path):
@@ -168,6 +170,10 @@ def test_agreement_sets_whether_the_source_rule_helps_or_conflicts(default_data,
     assert same > 8 * chance
     assert rule_likelihood(sequences(default_data, "beauty"), target) > 0.9 * same
     assert rule_likelihood(sequences(default_data, "toys"), target) < 0.7 * chance
+    # the conflicting rule 'move on': the next colour is the one after the last in the cycle
+    toys = sequences(default_data, "toys").values()
+    assert np.mean([colour(s[-1]) == (colour(s[-2]) + 1) % len(COLOURS) for s in toys]) > 0.6
+    assert np.mean([colour(s[-1]) in {colour(t) for t in s[-11:-1]} for s in toys]) < 0.25
     mixed = generate(tmp_path / "mixed", "--agreement", "beauty=0", "toys=0.5")
     assert 0.8 * chance < rule_likelihood(sequences(mixed, "beauty"), target) < 1.25 * chance
     assert 2 * chance < rule_likelihood(sequences(mixed, "toys"), target) < 0.8 * same
@@ -179,8 +185,6 @@ def test_vocabularies_keep_colour_words_unambiguous():
         words = brands.lower().split() + " ".join(types.split("|")).lower().split()
         words += " ".join(synthesize.VARIANTS).lower().split()
         assert not colours & set(words), domain
-    assert all(synthesize.partner(synthesize.partner(c)) == c != synthesize.partner(c)
-               for c in range(len(COLOURS)))
 
 
 @pytest.mark.parametrize("bad", [
