@@ -81,7 +81,7 @@ def test_provided_checkpoints_jump_straight_to_merge_and_test(work, tmp_path):
                                         "OUT_DIR": str(report)})
     metrics = json.loads((report / "metrics.json").read_text())
     rows = {r["name"]: r["metrics"] for r in metrics["rows"]}
-    assert set(rows) == {"weaverec", "random", "popularity"}
+    assert set(rows) == {"weaverec", "random", "popularity", "content"}
     assert rows["weaverec"]["valid"]["value"] == 1.0  # constrained: always 5 distinct candidates
     for name in ("metrics.md", "metrics.png"):
         assert (report / name).stat().st_size > 0
@@ -95,10 +95,20 @@ def test_compare_trains_what_is_missing_and_reports_every_row(work):
     assert "target weight chosen on 8 validation users" in out
     metrics = json.loads(open(os.path.join(run_dir, "metrics.json")).read())
     names = {r["name"] for r in metrics["rows"]}
-    assert names == {"target_only", "hybrid_beauty", "hybrid_toys", "mixed_all", "naive_merge", "weaverec",
-                     "weaverec_tuned", "ties", "dare_ties", "task_arithmetic", "random", "popularity"}
+    assert names == {"base", "target_only", "hybrid_beauty", "hybrid_toys", "mixed_all", "naive_merge",
+                     "weaverec", "weaverec_tuned", "ties", "dare_ties", "task_arithmetic", "random",
+                     "popularity", "content"}
     pairs = {(c["a"], c["b"]) for c in metrics["comparisons"]}
-    assert pairs == {("weaverec", "target_only"), ("weaverec", "naive_merge")}
+    assert pairs == {("weaverec", "target_only"), ("weaverec", "naive_merge"), ("weaverec_tuned", "target_only"),
+                     ("hybrid_beauty", "target_only"), ("hybrid_toys", "target_only"),
+                     ("mixed_all", "target_only"), ("naive_merge", "target_only"), ("target_only", "base"),
+                     ("weaverec", "popularity"), ("weaverec", "content")}
+    # each module's budget, read from what LLaMA-Factory wrote
+    budgets = {r["dataset"]: r for r in json.loads(open(os.path.join(run_dir, "training.json")).read())}
+    assert set(budgets) == {"sports", "sports_beauty", "sports_toys", "beauty", "toys", "sports_beauty_toys"}
+    for ds, r in budgets.items():
+        lines = sum(1 for _ in open(os.path.join(work["traindata"], f"{ds}.jsonl")))
+        assert r["lines"] == lines and r["epochs"] >= 1 and r["samples"] == min(24, lines) * r["epochs"] and r["steps"] >= 3
     # every module the comparison needs now exists; a second run trains nothing
     out = run(["bash", "scripts/compare.sh"], env)
     assert out.count("already trained, skipped") == 6

@@ -1,6 +1,7 @@
 """The metric stage end to end on small files built with the real prompt format (no model needed)."""
 
 import json
+import math
 import random
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 
 from common.cli import UserError
 from common.prompt import make_sample
-from metric.baselines import popularity_outputs, random_outputs
+from metric.baselines import content_outputs, popularity_outputs, random_outputs
 from metric.metric import main
 from metric.ranking import METRICS, score_table
 
@@ -76,7 +77,7 @@ def test_report_rows_best_and_files(case):
     rep, out = run(tmp_path, "--pred-dir", str(tmp_path / "result"),
                    "--items", str(tmp_path / "traindata" / "beauty.items.jsonl"))
     rows = {r["name"]: r["metrics"] for r in rep["rows"]}
-    assert list(rows) == ["half", "perfect", "random", "popularity"]
+    assert list(rows) == ["half", "perfect", "random", "content", "popularity"]
     assert all(rows["perfect"][m]["value"] == 1.0 for m in ("NDCG@1", "NDCG@3", "NDCG@5", "MRR", "valid"))
     assert rows["half"]["NDCG@1"]["value"] == pytest.approx(0.5)
     assert rows["half"]["NDCG@1"]["low"] < 0.5 < rows["half"]["NDCG@1"]["high"]
@@ -143,6 +144,34 @@ def test_popularity_by_hand():
     assert share == pytest.approx(5 / 6)
 
 
+def test_content_by_hand():
+    # distinct titles (history + candidates): "Red Kite", "Blue Box", "Blue Kite", "Red Ball", "Green Cup",
+    # "Kite Kit": N = 6; df: red 2, kite 3, blue 2, box 1, ball 1, green 1, cup 1, kit 1
+    history = [["Red Kite", "Blue Box"]]
+    cands = [["Blue Kite", "Red Ball", "Green Cup", "Kite Kit"]]
+    idf = {w: math.log(6 / df) for w, df in {"red": 2, "kite": 3, "blue": 2}.items()}
+    scores = {"Blue Kite": idf["blue"] + idf["kite"], "Red Ball": idf["red"], "Green Cup": 0.0,
+              "Kite Kit": idf["kite"]}
+    expected = sorted(scores, key=lambda t: -scores[t])
+    assert expected == ["Blue Kite", "Red Ball", "Kite Kit", "Green Cup"]
+    (out,) = content_outputs(history, cands, seed=0)
+    assert out.split("||") == expected
+
+
+def test_content_ties_are_broken_by_the_seed():
+    history, cands = [["Red Kite"]], [["Red Ball", "Red Cup", "Green Cup", "Blue Mug"]]
+    firsts = {content_outputs(history, cands, seed=s)[0].split("||")[0] for s in range(20)}
+    assert firsts == {"Red Ball", "Red Cup"}  # equal scores: either, depending on the seed
+    assert content_outputs(history, cands, seed=3) == content_outputs(history, cands, seed=3)
+
+
+def test_content_weighs_rare_words_above_common_ones():
+    others = [f"Acme Thing {i}" for i in range(20)]  # "acme" is in almost every title: low idf
+    cands = [["Acme Mug", "Zorblax Mug", *others]]
+    (out,) = content_outputs([["Acme Zorblax Lamp"]], cands, seed=0)
+    assert out.split("||")[0] == "Zorblax Mug"
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda p: p.write_text(p.read_text().split("\n", 1)[1]), "lines but the test file has"),
     (lambda p: p.write_text("not json\n" + p.read_text()), "not a jsonl prediction file line"),
@@ -201,7 +230,7 @@ def test_shell_script_wires_the_paths(case):
                           text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     rep = json.loads((tmp_path / "sh" / "metrics.json").read_text())
-    assert [r["name"] for r in rep["rows"]] == ["half", "perfect", "random", "popularity"]
+    assert [r["name"] for r in rep["rows"]] == ["half", "perfect", "random", "content", "popularity"]
     assert [(c["a"], c["b"]) for c in rep["comparisons"]] == [("half", "perfect")]
     assert rep["comparisons"][0]["metrics"]["NDCG@1"]["diff"] == pytest.approx(-0.5)
 
@@ -212,7 +241,8 @@ def test_reference_direction_no_bootstrap_and_unreachable_answers(case):
     rows[0]["messages"][2]["content"] = "Not a candidate||x"
     write_jsonl(test, rows)
     rep, out = run(tmp_path, "--pred-dir", str(tmp_path / "result"), "--reference", "random", "--bootstrap", "0")
-    assert [(c["a"], c["b"]) for c in rep["comparisons"]] == [("half", "random"), ("perfect", "random")]
+    assert [(c["a"], c["b"]) for c in rep["comparisons"]] == [("half", "random"), ("perfect", "random"),
+                                                              ("content", "random")]
     perfect = {r["name"]: r["metrics"] for r in rep["rows"]}["perfect"]
     assert perfect["HR@1"] == {"value": pytest.approx(79 / 80), "low": None, "high": None}
     assert rep["comparisons"][1]["metrics"]["HR@1"]["p"] is None

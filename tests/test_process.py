@@ -107,6 +107,18 @@ def test_leave_one_out_samples_follow_the_sequences(tmp_path):
     assert {int(r["asin"][1:]): r["train_count"] for r in table} == counts
 
 
+def test_answer_items_1_trains_on_the_target_alone_and_changes_nothing_else(tmp_path):
+    raw = write_raw(tmp_path / "raw")
+    five = run_process(raw, tmp_path / "five", "--train-samples", "100000")
+    one = run_process(raw, tmp_path / "one", "--train-samples", "100000", "--answer-items", "1")
+    for a, b in zip(read(five / "train" / "beauty.jsonl"), read(one / "train" / "beauty.jsonl")):
+        (hist_a, cands_a, ans_a), (hist_b, cands_b, ans_b) = parts(a), parts(b)
+        assert (hist_a, cands_a) == (hist_b, cands_b) and len(ans_a) == 5 and ans_b == ans_a[:1]
+    for split in ("beauty.jsonl", "beauty_valid.jsonl"):  # what inference and metrics read keeps 5
+        assert (five / "test" / split).read_bytes() == (one / "test" / split).read_bytes()
+    assert json.loads((one / "train" / "beauty.stats.json").read_text())["options"]["answer_items"] == 1
+
+
 def test_titles_are_cleaned_disambiguated_and_untitled_items_dropped(tmp_path):
     out = run_process(write_raw(tmp_path / "raw"), tmp_path, "--train-samples", "5")
     title = {r["asin"]: r["title"] for r in read(out / "train" / "beauty.items.jsonl")}
