@@ -125,11 +125,15 @@ def make_users(n_users, seed):
     return ids, rng.integers(len(COLOURS), size=n_users)
 
 
-def next_state(rng, state, agreement):
-    """The rule, w.p. |agreement|: stay (agreement > 0) or move on to the next colour of the cycle
-    (agreement < 0); else a jump to a random colour."""
+RULES = ("stay", "move-on")
+
+
+def next_state(rng, state, agreement, target_rule="stay"):
+    """W.p. |agreement| the target's rule (agreement > 0) or the other one (< 0), else a jump to a
+    random colour. "stay": the same colour; "move-on": the next colour of the cycle."""
     if rng.random() < abs(agreement):
-        return state if agreement > 0 else (state + 1) % len(COLOURS)
+        rule = target_rule if agreement > 0 else RULES[1 - RULES.index(target_rule)]
+        return state if rule == "stay" else (state + 1) % len(COLOURS)
     return int(rng.integers(len(COLOURS)))
 
 
@@ -151,7 +155,7 @@ def user_sequence(rng, length, taste, agreement, args, weights):
     for _ in range(length):
         shown = state if rng.random() < args.rule_strength else int(rng.integers(len(COLOURS)))
         seq.append(pick_item(rng, shown, weights, seq))
-        state = next_state(rng, state, agreement)
+        state = next_state(rng, state, agreement, args.target_rule)
     return seq
 
 
@@ -261,7 +265,9 @@ def parse_args(argv):
     p.add_argument("--out-dir", required=True, help="folder for the raw .json.gz files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--domains", nargs="+", default=["sports", "beauty", "toys"])
-    p.add_argument("--target", default="sports", help="the domain whose rule is 'stay'")
+    p.add_argument("--target", default="sports", help="the domain whose rule is --target-rule")
+    p.add_argument("--target-rule", choices=RULES, default="stay",
+                   help="the target's rule; agreement > 0 gives a source the same, < 0 the other")
     p.add_argument("--agreement", nargs="+", metavar="DOMAIN=VALUE",
                    help="per source, in [-1, 1]: 1 same rule as the target, -1 conflicting, "
                         "0 unrelated (default: beauty=1.0 toys=-1.0)")
