@@ -13,10 +13,10 @@ ADAPTERS=${ADAPTERS:-"save/${TARGET} save/${TARGET}_beauty save/${TARGET}_toys"}
 METHOD=${METHOD:-weaverec}        # weaverec linear task_arithmetic ties dare_linear dare_ties magnitude_prune
 WEIGHTS=${WEIGHTS:-}              # one raw weight per adapter, space-separated (empty: all 1)
 WEIGHTS_FILE=${WEIGHTS_FILE:-}    # or per-module weights (.json / .safetensors), see merge/merge_lora.py
-TEMPERATURE=${TEMPERATURE:-1}
+TEMPERATURE=${TEMPERATURE:-}     # weaverec: T in softmax(w / T) (empty: 1)
 OUTPUT=${OUTPUT:-stacked}         # stacked (exact adapter) | svd (rank $RANK adapter) | full (merged model)
 RANK=${RANK:-16}                  # svd only
-MERGE_EXTRA=${MERGE_EXTRA:-}      # more merge options, e.g. "--density 0.3 --scale 0.5"
+MERGE_EXTRA=${MERGE_EXTRA:-}      # the method's own options, e.g. "--density 0.3 --scale 0.5" for ties
 NAME=${NAME:-${TARGET}_${METHOD}_${OUTPUT}}
 MERGED=${MERGED:-save/merged/${NAME}}
 RUN=${RUN:-${NAME}}
@@ -29,8 +29,8 @@ if [ -x .venv/bin/python ]; then PYTHON=${PYTHON:-.venv/bin/python}; else PYTHON
 
 # shellcheck disable=SC2206  # word splitting of the space-separated lists is intended
 adapters=($ADAPTERS)
-merge_args=(--adapters "${adapters[@]}" --out "$MERGED" --method "$METHOD" --temperature "$TEMPERATURE"
-            --output "$OUTPUT" --base-model "$MODEL")
+merge_args=(--adapters "${adapters[@]}" --out "$MERGED" --method "$METHOD" --output "$OUTPUT" --base-model "$MODEL")
+if [ -n "$TEMPERATURE" ]; then merge_args+=(--temperature "$TEMPERATURE"); fi
 if [ -n "$WEIGHTS" ]; then merge_args+=(--weights $WEIGHTS); fi
 if [ -n "$WEIGHTS_FILE" ]; then merge_args+=(--weights-file "$WEIGHTS_FILE"); fi
 if [ "$OUTPUT" = "svd" ]; then merge_args+=(--rank "$RANK"); fi
