@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 
 from common.cli import UserError
@@ -26,6 +27,31 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path, may_replace=None, kind="output of this stage"):
+    """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds.
+
+    may_replace(path) -> bool decides whether an existing `path` may be replaced (default: always);
+    when it says no, UserError before anything is written.
+    """
+    path = os.path.abspath(path)
+    if os.path.exists(path) and may_replace is not None and not may_replace(path):
+        raise UserError(f"output {path} exists and is not an earlier {kind}; choose another --out")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        yield tmp
+        if os.path.exists(path):
+            old = tmp + ".old"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _umask():

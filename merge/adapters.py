@@ -7,13 +7,11 @@ linear layer `<module>`, `base_model.model.<module>.lora_A.weight` (r x in) and 
 for rsLoRA); `r` and `lora_alpha` may be overridden per module by rank_pattern / alpha_pattern.
 """
 
-import contextlib
 import glob
 import math
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
@@ -146,30 +144,9 @@ def output_dtype(adapters, requested="auto"):
     return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
 
-@contextlib.contextmanager
-def atomic_dir(path):
-    """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds.
-
-    An existing `path` is replaced only when it is empty or is itself a merge output (holds
-    merge_info.json), so a trained adapter folder is never overwritten by mistake.
-    """
-    path = os.path.abspath(path)
-    if os.path.exists(path) and (not os.path.isdir(path) or (
-            os.listdir(path) and not os.path.isfile(os.path.join(path, INFO_NAME)))):
-        raise UserError(f"output {path} exists and is not an earlier merge output; choose another --out")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        yield tmp
-        if os.path.exists(path):
-            old = tmp + ".old"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def is_merge_output(path):
+    """An empty folder or an earlier merge output (holds merge_info.json): safe to replace."""
+    return os.path.isdir(path) and (not os.listdir(path) or os.path.isfile(os.path.join(path, INFO_NAME)))
 
 
 def adapter_config(template, rank, base_model):

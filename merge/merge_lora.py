@@ -21,13 +21,13 @@ import torch
 from tqdm import tqdm
 
 from common.cli import UserError, run_main
-from common.io import read_json, write_json_atomic
+from common.io import atomic_dir, read_json, write_json_atomic
 from merge.adapters import (
     INFO_NAME,
     adapter_config,
-    atomic_dir,
     check_compatible,
     file_size,
+    is_merge_output,
     load_adapter,
     output_dtype,
     read_safetensors,
@@ -267,7 +267,7 @@ def run_merge(args):
               f"adapter records it as is (--base-model sets another)")
     dtype = output_dtype(adapters, args.dtype)
     info = merge_info(args, adapters, table, base_model)
-    with atomic_dir(args.out) as tmp:
+    with atomic_dir(args.out, is_merge_output, kind="merge output") as tmp:
         if args.output == "full":
             write_full_model(tmp, base_model, args.adapters[0], full_deltas(args, adapters, table),
                              None if args.dtype == "auto" else dtype, args.max_shard_size)
