@@ -1,0 +1,127 @@
+"""The WeaveRec merge as a differentiable function of its raw weights w, on a frozen base model.
+
+Space: A/B factors. For every adapted linear layer `m` the base output gets
+`sum_i lambda_i(m) * s_i(m) * B_i A_i x`, computed as `B (c * (A x))` with the stacked factors
+`A = [A_1; ...; A_N]`, `B = [B_1, ..., B_N]` and `c` = lambda_i(m) * s_i(m) repeated over adapter i's
+rank: exactly the adapter that `merge.merge_lora --output stacked` writes for the same w (which
+stores `B * c` with a scaling of 1). lambda = softmax(w / T) (or sigmoid / none) is computed by
+merge.methods.weaverec_coefficients, the merge's own function.
+
+The base weights and the LoRA factors are frozen (requires_grad False, the factors are buffers):
+only w, float32, gets a gradient. w can be shared: one vector per adapted module, per layer, or one
+for all modules (GROUPINGS).
+"""
+
+import re
+
+import torch
+
+from merge.methods import weaverec_coefficients
+
+GROUPINGS = ("module", "layer", "adapter")
+LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def group_of(module, grouping):
+    """The key whose w a module uses: the module itself, its decoder layer, or one for all."""
+    if grouping == "module":
+        return module
+    if grouping == "layer":
+        match = LAYER_RE.search(module)
+        return f"layers.{match[1]}" if match else module
+    return "all"
+
+
+def layer_index(module):
+    match = LAYER_RE.search(module)
+    return int(match[1]) if match else None
+
+
+class WeightedMerge(torch.nn.Module):
+    """Forward hooks that add the lambda-weighted stacked LoRA output to each adapted linear layer.
+
+    Args:
+        model: the base model (frozen here: every parameter gets requires_grad False).
+        adapters: merge.adapters.Adapter list, target first (checked compatible by the caller).
+        grouping: "module", "layer" or "adapter" (see group_of).
+        init: the initial raw weight of every adapter (1: the equal-weight merge).
+    """
+
+    def __init__(self, model, adapters, grouping="module", normalize="softmax", temperature=1.0, init=1.0):
+        super().__init__()
+        model.requires_grad_(False)
+        self.modules_ = sorted(adapters[0].factors)
+        self.n = len(adapters)
+        self.normalize, self.temperature = normalize, temperature
+        self.groups = sorted({group_of(m, grouping) for m in self.modules_})
+        index = {g: k for k, g in enumerate(self.groups)}
+        self.register_buffer("group_index", torch.tensor([index[group_of(m, grouping)] for m in self.modules_]))
+        self.w = torch.nn.Parameter(torch.full((len(self.groups), self.n), float(init)))
+        self._coeffs = None
+        self._handles = []
+        device, dtype = model.get_input_embeddings().weight.device, model.get_input_embeddings().weight.dtype
+        for k, module in enumerate(self.modules_):
+            layer = _linear(model, module, adapters[0].factors[module])
+            a = torch.cat([ad.factors[module][0] for ad in adapters]).to(device, dtype)
+            b = torch.cat([ad.factors[module][1] for ad in adapters], dim=1).to(device, dtype)
+            ranks = torch.tensor([ad.factors[module][0].shape[0] for ad in adapters])
+            scaling = torch.tensor([ad.scaling[module] for ad in adapters], dtype=torch.float64)
+            self.register_buffer(f"a{k}", a, persistent=False)
+            self.register_buffer(f"b{k}", b, persistent=False)
+            self.register_buffer(f"r{k}", torch.repeat_interleave(torch.arange(self.n), ranks), persistent=False)
+            self.register_buffer(f"s{k}", scaling, persistent=False)
+            self._handles.append(layer.register_forward_hook(self._hook(k)))
+        self.to(device)
+
+    def lambdas(self):
+        """lambda per module [n_modules, N], float64, exactly as the merge computes it from w."""
+        w = self.w[self.group_index]
+        return weaverec_coefficients(w, self.normalize, self.temperature)
+
+    def refresh(self):
+        """Recompute the per-rank coefficients from w; call before each forward pass."""
+        lam = self.lambdas()
+        self._coeffs = [(lam[k] * getattr(self, f"s{k}"))[getattr(self, f"r{k}")] for k in range(len(self.modules_))]
+
+    def _hook(self, k):
+        def add_lora(layer, inputs, output):
+            if self._coeffs is None:
+                raise RuntimeError("WeightedMerge.refresh() must run before the forward pass")
+            a, b = getattr(self, f"a{k}"), getattr(self, f"b{k}")
+            z = torch.nn.functional.linear(inputs[0], a)
+            return output + torch.nn.functional.linear(z * self._coeffs[k].to(z.dtype), b)
+        return add_lora
+
+    def weights_table(self):
+        """{module: [w_1, ..., w_N]}: what merge_lora --weights-file reads (JSON lists of floats)."""
+        w = self.w.detach().float().cpu()[self.group_index.cpu()]
+        return {m: w[k].tolist() for k, m in enumerate(self.modules_)}
+
+    def load_table(self, table):
+        """Set w from a {module: [w_1..w_N]} table made by weights_table (same grouping)."""
+        with torch.no_grad():
+            for k, m in enumerate(self.modules_):
+                self.w[self.group_index[k]] = torch.tensor(table[m], dtype=self.w.dtype)
+
+    def remove(self):
+        """Detach the hooks: the model is the plain base model again."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def _linear(model, module, factors):
+    """The base model's linear layer `module`; a one-line error when the adapters do not fit it."""
+    from common.cli import UserError
+
+    try:
+        layer = model.get_submodule(module)
+    except AttributeError:
+        raise UserError(f"the base model has no module {module}: the adapters were trained on another "
+                        "base model (wrong --base-model?)") from None
+    a, b = factors
+    if not isinstance(layer, torch.nn.Linear) or (layer.out_features, layer.in_features) != (b.shape[0], a.shape[1]):
+        shape = tuple(layer.weight.shape) if hasattr(layer, "weight") else type(layer).__name__
+        raise UserError(f"{module}: the base layer is {shape}, the adapters' delta is "
+                        f"{(b.shape[0], a.shape[1])}: the adapters do not match --base-model")
+    return layer
