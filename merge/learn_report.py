@@ -7,17 +7,19 @@ import numpy as np
 
 from merge.weighted_model import layer_index
 
+ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # Qwen2's, in data flow
+
 
 def lambda_grid(lambdas, adapter):
     """(row labels, column labels, matrix) of one adapter's lambda: rows = layers, columns = the
     module's last name part (q_proj, ...); modules outside a decoder layer get a row of their own."""
-    rows, cols = {}, {}
+    rows, cols = {}, {}  # row label -> sort key; column names
     for module in lambdas:
         layer = layer_index(module)
         rows.setdefault(f"layer {layer}" if layer is not None else module, layer if layer is not None else math.inf)
-        cols.setdefault(module.rsplit(".", 1)[-1], len(cols))
+        cols[module.rsplit(".", 1)[-1]] = None
     row_names = sorted(rows, key=lambda r: (rows[r], r))
-    col_names = sorted(cols, key=cols.get)
+    col_names = sorted(cols, key=lambda c: (ORDER.index(c) if c in ORDER else len(ORDER), c))
     grid = np.full((len(row_names), len(col_names)), np.nan)
     for module, lam in lambdas.items():
         layer = layer_index(module)
@@ -27,22 +29,21 @@ def lambda_grid(lambdas, adapter):
 
 
 def write_heatmap(path, lambdas, names):
-    """One heat map per adapter: lambda per (layer, module type), on a shared colour scale."""
+    """One heat map per adapter: lambda per (layer, module type), on one colour scale from 0 to 1."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     grids = [lambda_grid(lambdas, i) for i in range(len(names))]
-    rows, cols = grids[0][0], grids[0][1]
-    vmax = max(float(np.nanmax(g[2])) for g in grids)
-    fig = Figure(figsize=(1.0 + 0.5 * len(cols) * len(names) + 1.0, 1.2 + 0.3 * len(rows)))
+    rows, cols = grids[0][0], [c.removesuffix("_proj") for c in grids[0][1]]
+    fig = Figure(figsize=(1.5 + (0.35 * len(cols) + 0.6) * len(names), 1.6 + 0.28 * len(rows)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     for ax, name, (_, _, grid) in zip(axes, names, grids):
-        image = ax.imshow(grid, vmin=0.0, vmax=max(vmax, 1e-12), cmap="viridis", aspect="auto")
+        image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
         ax.set_yticks(range(len(rows)), rows if ax is axes[0] else [""] * len(rows), fontsize=7)
-    fig.colorbar(image, ax=list(axes), label="lambda")
+    fig.colorbar(image, ax=list(axes), label="lambda", shrink=0.9)
     fig.suptitle("learned lambda per layer and module", fontsize=10)
     fig.savefig(path, dpi=110)
 

@@ -34,7 +34,7 @@ from merge.adapters import check_compatible, load_adapter
 from merge.learn_report import adapter_names, write_curve, write_heatmap
 from merge.methods import NORMALIZE
 from merge.objectives import OBJECTIVES, objective, read_prompts
-from merge.weighted_model import GROUPINGS, WeightedMerge
+from merge.weighted_model import GROUPINGS, WeightedMerge, check_base
 
 
 def parse_args(argv):
@@ -173,17 +173,21 @@ def peak_memory_mb(device):
 
 
 def load(args):
-    """Tokenizer, frozen base model, adapters (checked against each other and the model), prompts."""
-    from inference.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
+    """Adapters (checked against each other and the base), (training, held-out) prompts, the model:
+    every check that can fail runs before the model's weights are loaded."""
+    from inference.loading import check_model_folder, load_model, load_tokenizer, resolve_device, resolve_dtype
 
     adapters = [load_adapter(path) for path in args.adapters]
     check_compatible(adapters)
+    check_model_folder(args.base_model, "base model folder")
+    check_base(args.base_model, adapters)
     tokenizer = load_tokenizer(args.tokenizer or args.base_model)
     prompts = read_prompts(args.prompts, tokenizer, OBJECTIVES[args.objective]["labelled"], args.limit)
+    train, held = split(prompts, args.holdout, args.seed)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model = load_model(args.base_model, (), device, dtype, tokenizer)
-    return adapters, prompts, model, device, dtype
+    return adapters, (train, held), model, device, dtype
 
 
 def main(argv=None):
@@ -192,11 +196,10 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.time()
-    adapters, prompts, model, device, dtype = load(args)
+    adapters, (train, held), model, device, dtype = load(args)
     if len(adapters) == 1 and args.normalize == "softmax":
         print("note: with one adapter softmax(w / T) is 1 whatever w is: the weights cannot change the merge")
     merge = WeightedMerge(model, adapters, args.grouping, args.normalize, args.temperature, args.init)
-    train, held = split(prompts, args.holdout, args.seed)
     rec = fit(model, merge, train, held, args)
     names = adapter_names(args.adapters)
     lambdas = {m: lam.tolist() for m, lam in zip(merge.modules_, merge.lambdas().detach().cpu())}

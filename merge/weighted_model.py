@@ -110,6 +110,18 @@ class WeightedMerge(torch.nn.Module):
         self._handles = []
 
 
+def check_base(base_model, adapters):
+    """Every adapted module must be a linear layer of the base model with the adapters' shape: checked on
+    an empty (meta device) copy built from the base's config, before any weights are loaded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base_model, trust_remote_code=False)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    for module, factors in adapters[0].factors.items():
+        _linear(skeleton, module, factors)
+
+
 def _linear(model, module, factors):
     """The base model's linear layer `module`; a one-line error when the adapters do not fit it."""
     from common.cli import UserError
