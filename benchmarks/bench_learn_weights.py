@@ -27,7 +27,8 @@ from collections import defaultdict
 
 import torch
 
-from tests.helpers import REAL_TOKENIZER
+from common.io import read_jsonl, write_jsonl_atomic
+from tests.helpers import REAL_TOKENIZER, SHARED_DATA, real_prompts
 
 QWEN2_7B = {"layers": 28, "hidden": 3584, "kv": 512, "intermediate": 18944, "heads": 28, "vocab": 152064,
             "params": 6.53e9, "weights_gb": 15.2}  # non-embedding parameters; bf16 weights incl. embeddings
@@ -101,14 +102,17 @@ def step_seconds(model, merge, prompts, repeats=3):
     return statistics.median(both), statistics.median(fwd)
 
 
-def qwen_lengths(path, limit):
+def qwen_lengths(samples):
     """(packed tokens per prompt, candidate tokens per prompt) with the real Qwen2-7B tokenizer."""
     from transformers import AutoTokenizer
 
     from merge.objectives import read_prompts
 
     tok = AutoTokenizer.from_pretrained(REAL_TOKENIZER)
-    prompts = read_prompts(path, tok, labelled=True, limit=limit)
+    with tempfile.TemporaryDirectory(prefix="bench_learn.") as tmp:
+        path = os.path.join(tmp, "prompts.jsonl")
+        write_jsonl_atomic(path, samples)
+        prompts = read_prompts(path, tok, labelled=True)
     cands = [sum(map(len, p.candidates)) for p in prompts]
     return statistics.mean(len(p.ids) + c for p, c in zip(prompts, cands)), statistics.mean(cands)
 
@@ -139,7 +143,7 @@ def scaling(args):
     print(f"\n2. one step vs batch size (tiny model: hidden {model.config.hidden_size}, {layers} layers, vocab {vocab}, "
           f"{n_params / 1e6:.2f}M non-embedding parameters; stacked rank {rank}); time in float32, saved bytes "
           "in bfloat16")
-    print("| prompts | tokens | fwd+bwd s | fwd s | saved for backward MB | per token KB |")
+    print("| prompts | tokens | fwd+bwd s | fwd s | saved for backward MiB | per token KiB |")
     print("| --- | --- | --- | --- | --- | --- |")
     for b in (1, 2, 4, 8):
         counts, tokens, cand = saved_bytes(model16, merge16, prompts[:b], classes, vocab)
@@ -148,8 +152,14 @@ def scaling(args):
         print(f"| {b} | {tokens} | {both:.3f} | {fwd:.3f} | {total / 2**20:.2f} | {total / tokens / 1024:.2f} |")
         if b == 1:
             per_token = {k: v / (cand if k[0] == "vocab" else tokens) for k, v in counts.items()}
+            tokens1, cand1 = tokens, cand
             flops = 4 * n_params * tokens + 4 * model.config.hidden_size * vocab * cand
             cpu_gflops = flops / both / 1e9
+    model16.requires_grad_(True)  # what training the base weights would keep, for comparison
+    trained = sum(saved_bytes(model16, merge16, prompts[:1], classes, vocab)[0].values())
+    model16.requires_grad_(False)
+    print(f"with gradients on the base weights (as in training) one prompt would keep {trained / 2**20:.2f} MiB "
+          f"({trained / sum(per_token[k] * (cand1 if k[0] == 'vocab' else tokens1) for k in per_token):.1f}x)")
     return per_token, classes, layers, vocab, cpu_gflops
 
 
@@ -168,21 +178,28 @@ def estimate_7b(per_token, classes, layers, vocab, cpu_gflops, args):
             per_tok += value / classes[cls] / layers * big[cls] * QWEN2_7B["layers"]
         else:  # rank, one, other: the same per token at any model size
             per_tok += value
-    tokens, cands = qwen_lengths(args.prompts, args.limit)
+    for label, samples in (("these prompts", read_jsonl(args.prompts)[:args.limit]),
+                           (f"{args.real_users} real Beauty users, history 20, 30 candidates",
+                            real_prompts(SHARED_DATA, n=args.real_users, history=20) if SHARED_DATA.is_dir() else None)):
+        if samples:
+            qwen_estimate(label, *qwen_lengths(samples), per_tok, per_cand, cpu_gflops, args)
+
+
+def qwen_estimate(label, tokens, cands, per_tok, per_cand, cpu_gflops, args):
     prompt_gb = (per_tok * tokens + per_cand * cands) / 1e9
     flops = 4 * QWEN2_7B["params"] * tokens + 4 * QWEN2_7B["hidden"] * QWEN2_7B["vocab"] * cands
     step = flops * args.batch_size / (GPU_TFLOPS * 1e12)
     held = args.steps / 10 * args.heldout * flops / 2 / (GPU_TFLOPS * 1e12)  # forward only: half the work
-    print(f"\n3. Qwen2-7B, one GPU, bf16 forward; these prompts with the real Qwen2-7B tokenizer: {tokens:.0f} packed "
-          f"tokens per prompt, {cands:.0f} of them candidate tokens")
-    print(f"   memory: {per_tok / 2**20:.2f} MB kept per token, {per_cand / 2**20:.2f} MB per candidate token -> "
+    print(f"\n3. Qwen2-7B, one GPU, bf16 forward, {label}, real Qwen2-7B tokenizer: {tokens:.0f} packed tokens "
+          f"per prompt, {cands:.0f} of them candidate tokens")
+    print(f"   memory: {per_tok / 2**20:.2f} MiB kept per token, {per_cand / 2**20:.2f} MiB per candidate token -> "
           f"{prompt_gb:.1f} GB per prompt; batch {args.batch_size}: about "
           f"{QWEN2_7B['weights_gb'] + args.batch_size * prompt_gb:.0f} GB with the {QWEN2_7B['weights_gb']} GB of "
           f"weights (batch 1: {QWEN2_7B['weights_gb'] + prompt_gb:.0f} GB)")
-    print(f"   time: {flops / 1e12:.1f} TFLOP per prompt (4 x parameters x tokens + the head); this CPU reached "
-          f"{cpu_gflops:.1f} GFLOP/s on the tiny model; at an assumed {GPU_TFLOPS:.0f} TFLOP/s: {step:.1f} s per step "
-          f"of {args.batch_size}, {args.steps} steps + a held-out evaluation of {args.heldout} prompts every 10 steps: "
-          f"about {(args.steps * step + held) / 60:.0f} min")
+    print(f"   time: {flops / 1e12:.1f} TFLOP per prompt (4 x parameters x tokens + the head; this CPU reached "
+          f"{cpu_gflops:.1f} GFLOP/s on the tiny model); at an assumed {GPU_TFLOPS:.0f} TFLOP/s: {step:.1f} s per "
+          f"step of {args.batch_size}; {args.steps} steps + a held-out evaluation of {args.heldout} prompts every "
+          f"10 steps: about {(args.steps * step + held) / 60:.0f} min")
 
 
 def main(argv=None):
@@ -194,6 +211,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--heldout", type=int, default=60, help="held-out prompts of the 7B estimate")
+    p.add_argument("--real-users", type=int, default=100, help="real Beauty prompts for the 7B token counts")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-cli", action="store_true", help="only parts 2 and 3")
     args = p.parse_args(argv)

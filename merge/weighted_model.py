@@ -101,7 +101,7 @@ class WeightedMerge(torch.nn.Module):
         """Set w from a {module: [w_1..w_N]} table made by weights_table (same grouping)."""
         with torch.no_grad():
             for k, m in enumerate(self.modules_):
-                self.w[self.group_index[k]] = torch.tensor(table[m], dtype=self.w.dtype)
+                self.w[self.group_index[k]] = torch.tensor(table[m], dtype=self.w.dtype, device=self.w.device)
 
     def remove(self):
         """Detach the hooks: the model is the plain base model again."""
