@@ -60,7 +60,7 @@ def saved_bytes(model, merge, prompts, classes, vocab):
     """{class: bytes} autograd keeps for backward over one step on `prompts` (each tensor once)."""
     from merge.objectives import objective
 
-    frozen = {t.data_ptr() for t in list(model.parameters()) + list(merge.buffers())}
+    frozen = {t.data_ptr() for t in list(model.parameters()) + merge.frozen()}
     seen, out = set(), defaultdict(int)
     tokens = sum(len(p.ids) + sum(map(len, p.candidates)) for p in prompts)
     cand_tokens = sum(len(c) for p in prompts for c in p.candidates)
@@ -136,7 +136,7 @@ def scaling(args):
     prompts = read_prompts(args.prompts, AutoTokenizer.from_pretrained(args.model), labelled=True, limit=8)
     model, merge = tiny_merge(args, torch.float32)
     model16, merge16 = tiny_merge(args, torch.bfloat16)
-    rank = merge.a0.shape[0]
+    rank = merge.stacks[0].a.shape[0]
     classes = size_classes(model.config, rank)
     layers, vocab = model.config.num_hidden_layers, model.config.vocab_size
     n_params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)

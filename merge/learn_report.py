@@ -16,7 +16,8 @@ def lambda_grid(lambdas, adapter):
     rows, cols = {}, {}  # row label -> sort key; column names
     for module in lambdas:
         layer = layer_index(module)
-        rows.setdefault(f"layer {layer}" if layer is not None else module, layer if layer is not None else math.inf)
+        label = f"layer {layer}" if layer is not None else module
+        rows[label] = layer if layer is not None else math.inf
         cols[module.rsplit(".", 1)[-1]] = None
     row_names = sorted(rows, key=lambda r: (rows[r], r))
     col_names = sorted(cols, key=lambda c: (ORDER.index(c) if c in ORDER else len(ORDER), c))
@@ -35,7 +36,8 @@ def write_heatmap(path, lambdas, names):
 
     grids = [lambda_grid(lambdas, i) for i in range(len(names))]
     rows, cols = grids[0][0], [c.removesuffix("_proj") for c in grids[0][1]]
-    fig = Figure(figsize=(1.5 + (0.35 * len(cols) + 0.6) * len(names), 1.6 + 0.28 * len(rows)), layout="constrained")
+    size = (1.5 + (0.35 * len(cols) + 0.6) * len(names), 1.6 + 0.28 * len(rows))
+    fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     for ax, name, (_, _, grid) in zip(axes, names, grids):

@@ -44,7 +44,7 @@ def parse_args(argv):
     p.add_argument("--adapters", nargs="+", required=True, help="adapter folders, target first")
     p.add_argument("--objective", required=True, choices=sorted(OBJECTIVES))
     p.add_argument("--prompts", required=True,
-                   help="WeaveRec jsonl: labelled validation samples (likelihood) or any target prompts (entropy)")
+                   help="WeaveRec jsonl: labelled validation samples (likelihood), target prompts (entropy)")
     p.add_argument("--out-dir", required=True, help="weights file, report.json, objective.png, lambdas.png")
     p.add_argument("--format", default="json", choices=("json", "safetensors"), help="of the weights file")
     p.add_argument("--grouping", default="module", choices=GROUPINGS, help="one w vector per ...")
@@ -127,7 +127,8 @@ def fit(model, merge, train, held, args):
     if held:
         rec["heldout"].append((0, best))
     best_w, best_step, bad = merge.w.detach().clone(), 0, 0
-    bar = tqdm(range(1, args.steps + 1), desc=f"fit ({args.objective})", unit="step", disable=args.no_progress)
+    bar = tqdm(range(1, args.steps + 1), desc=f"fit ({args.objective})", unit="step",
+               disable=args.no_progress)
     stream = batches(train, args.batch_size, args.seed)
     for step in bar:
         opt.zero_grad(set_to_none=True)
@@ -148,7 +149,8 @@ def fit(model, merge, train, held, args):
             if bad >= args.patience:
                 rec["stopped_early"] = True
                 break
-        bar.set_postfix_str(f"objective={loss.item():.4f}" + (f" heldout={rec['heldout'][-1][1]:.4f}" if held else ""))
+        shown = f" heldout={rec['heldout'][-1][1]:.4f}" if held else ""
+        bar.set_postfix_str(f"objective={loss.item():.4f}{shown}")
     bar.close()
     if not torch.isfinite(best_w).all():
         raise UserError("the fitted weights are not finite (lower --lr)")
@@ -175,7 +177,13 @@ def peak_memory_mb(device):
 def load(args):
     """Adapters (checked against each other and the base), (training, held-out) prompts, the model:
     every check that can fail runs before the model's weights are loaded."""
-    from inference.loading import check_model_folder, load_model, load_tokenizer, resolve_device, resolve_dtype
+    from inference.loading import (
+        check_model_folder,
+        load_model,
+        load_tokenizer,
+        resolve_device,
+        resolve_dtype,
+    )
 
     adapters = [load_adapter(path) for path in args.adapters]
     check_compatible(adapters)
@@ -201,35 +209,47 @@ def main(argv=None):
         print("note: with one adapter softmax(w / T) is 1 whatever w is: the weights cannot change the merge")
     merge = WeightedMerge(model, adapters, args.grouping, args.normalize, args.temperature, args.init)
     rec = fit(model, merge, train, held, args)
-    names = adapter_names(args.adapters)
-    lambdas = {m: lam.tolist() for m, lam in zip(merge.modules_, merge.lambdas().detach().cpu())}
-    mean = torch.tensor(list(lambdas.values())).mean(0).tolist()
-    os.makedirs(args.out_dir, exist_ok=True)
     weights_path = os.path.join(args.out_dir, f"weights.{args.format}")
-    report = {"objective": args.objective, "prompts": args.prompts, "n_train": len(train), "n_heldout": len(held),
-              "base_model": args.base_model, "adapters": args.adapters, "weights_file": weights_path,
-              "settings": {k: getattr(args, k) for k in ("grouping", "normalize", "temperature", "init", "steps",
-                                                        "lr", "batch_size", "holdout", "eval_every", "patience",
-                                                        "score_norm", "seed")},
-              "device": str(device), "dtype": dtype, **rec, "mean_lambdas": dict(zip(names, mean)),
-              "lambdas": lambdas, "seconds": round(time.time() - start, 2),
-              "peak_memory_mb": round(peak_memory_mb(device), 1)}
+    os.makedirs(args.out_dir, exist_ok=True)
+    if os.path.exists(weights_path):
+        os.remove(weights_path)  # an earlier fit's weights never sit beside this fit's report
+    report = make_report(args, merge, rec, (train, held), device, dtype, weights_path)
+    report["seconds"] = round(time.time() - start, 2)
+    names = list(report["mean_lambdas"])
     write_json_atomic(os.path.join(args.out_dir, "report.json"), report)
     write_curve(os.path.join(args.out_dir, "objective.png"), rec["train"], rec["heldout"], args.objective)
-    write_heatmap(os.path.join(args.out_dir, "lambdas.png"), lambdas, names)
+    write_heatmap(os.path.join(args.out_dir, "lambdas.png"), report["lambdas"], names)
     write_weights(weights_path, merge.weights_table())  # last: a weights file means a finished fit
-    summary(args, report, names, mean, weights_path)
+    summary(args, report, weights_path)
     return 0
 
 
-def summary(args, report, names, mean, weights_path):
-    held = report["heldout"]
-    change = f"{held[0][1]:.4f} -> {report['best_heldout']:.4f} on {report['n_heldout']} held-out prompts, " if held else ""
+SETTINGS = ("grouping", "normalize", "temperature", "init", "steps", "lr", "batch_size", "holdout",
+            "eval_every", "patience", "score_norm", "seed")
+
+
+def make_report(args, merge, rec, parts, device, dtype, weights_path):
+    """Everything about the fit, lambdas per module included, for report.json."""
+    lambdas = {m: lam.tolist() for m, lam in zip(merge.modules_, merge.lambdas().detach().cpu())}
+    mean = torch.tensor(list(lambdas.values())).mean(0).tolist()
+    return {"objective": args.objective, "prompts": args.prompts, "n_train": len(parts[0]),
+            "n_heldout": len(parts[1]), "base_model": args.base_model, "adapters": args.adapters,
+            "weights_file": weights_path, "settings": {k: getattr(args, k) for k in SETTINGS},
+            "device": str(device), "dtype": dtype, **rec,
+            "mean_lambdas": dict(zip(adapter_names(args.adapters), mean)), "lambdas": lambdas,
+            "peak_memory_mb": round(peak_memory_mb(device), 1)}
+
+
+def summary(args, report, weights_path):
+    held, names = report["heldout"], list(report["mean_lambdas"])
+    change = (f"{held[0][1]:.4f} -> {report['best_heldout']:.4f} on {report['n_heldout']} held-out prompts, "
+              if held else "")
+    early = " (stopped early)" if report["stopped_early"] else ""
     print(f"wrote {weights_path} ({len(report['lambdas'])} modules x {len(names)} weights, grouping "
           f"{args.grouping}) and report.json, objective.png, lambdas.png: {args.objective} {change}best step "
-          f"{report['best_step']} of {report['steps_run']}{' (stopped early)' if report['stopped_early'] else ''}, "
-          f"{report['n_train']} training prompts, {report['seconds']:.1f}s, peak {report['peak_memory_mb']:.0f} MB")
-    print("mean lambdas: " + "  ".join(f"{n} {v:.4f}" for n, v in zip(names, mean)))
+          f"{report['best_step']} of {report['steps_run']}{early}, {report['n_train']} training prompts, "
+          f"{report['seconds']:.1f}s, peak {report['peak_memory_mb']:.0f} MB")
+    print("mean lambdas: " + "  ".join(f"{n} {v:.4f}" for n, v in report["mean_lambdas"].items()))
     print(f"merge with: python -m merge.merge_lora --adapters {' '.join(args.adapters)} --weights-file "
           f"{weights_path} --temperature {args.temperature} --normalize {args.normalize} --out OUT")
 

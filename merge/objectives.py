@@ -57,7 +57,7 @@ def read_prompts(path, tokenizer, labelled, limit=None):
     out = []
     for i, row in enumerate(rows, 1):
         if not labelled and isinstance(row, dict) and isinstance(row.get("messages"), list):
-            row = {"messages": [m for m in row["messages"] if not (isinstance(m, dict) and m.get("role") == "assistant")]}
+            row = {"messages": [m for m in row["messages"] if not _is_answer(m)]}
         try:
             system, user, answer = sample_parts(row, i)
             titles = unique_titles(parse_user_prompt(user)[1])
@@ -71,6 +71,10 @@ def read_prompts(path, tokenizer, labelled, limit=None):
         cands = [tokenizer.encode(t + SEP, add_special_tokens=False) for t in titles]
         out.append(Prompt(prompt_ids(tokenizer, system, user), cands, label))
     return out
+
+
+def _is_answer(message):
+    return isinstance(message, dict) and message.get("role") == "assistant"
 
 
 def _label(path, lineno, answer, titles):
@@ -120,7 +124,8 @@ def pack(prompts, device, dtype):
 
 
 def candidate_scores(model, prompts, norm="sum"):
-    """Each prompt's candidate scores (float32, or float64 for a float64 model; with gradients), one forward pass."""
+    """Each prompt's candidate scores, with gradients, in one forward pass (float32; float64 for a
+    float64 model)."""
     emb = model.get_input_embeddings().weight
     batch = pack(prompts, emb.device, emb.dtype)
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

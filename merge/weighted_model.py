@@ -13,9 +13,11 @@ for all modules (GROUPINGS).
 """
 
 import re
+from dataclasses import dataclass
 
 import torch
 
+from common.cli import UserError
 from merge.methods import weaverec_coefficients
 
 GROUPINGS = ("module", "layer", "adapter")
@@ -37,6 +39,23 @@ def layer_index(module):
     return int(match[1]) if match else None
 
 
+@dataclass
+class Stack:
+    """One module's stacked factors (compute dtype, on the model's device; no gradient)."""
+    a: torch.Tensor  # [R, in]: A_1; ...; A_N
+    b: torch.Tensor  # [out, R]: B_1, ..., B_N
+    owner: torch.Tensor  # [R]: the adapter of each rank row
+    scaling: torch.Tensor  # [N] float64: PEFT's s_i
+
+
+def stack(adapters, module, device, dtype):
+    ranks = torch.tensor([ad.factors[module][0].shape[0] for ad in adapters])
+    return Stack(torch.cat([ad.factors[module][0] for ad in adapters]).to(device, dtype),
+                 torch.cat([ad.factors[module][1] for ad in adapters], dim=1).to(device, dtype),
+                 torch.repeat_interleave(torch.arange(len(adapters)), ranks).to(device),
+                 torch.tensor([ad.scaling[module] for ad in adapters], dtype=torch.float64, device=device))
+
+
 class WeightedMerge(torch.nn.Module):
     """Forward hooks that add the lambda-weighted stacked LoRA output to each adapted linear layer.
 
@@ -50,47 +69,39 @@ class WeightedMerge(torch.nn.Module):
     def __init__(self, model, adapters, grouping="module", normalize="softmax", temperature=1.0, init=1.0):
         super().__init__()
         model.requires_grad_(False)
+        weight = model.get_input_embeddings().weight
         self.modules_ = sorted(adapters[0].factors)
-        self.n = len(adapters)
         self.normalize, self.temperature = normalize, temperature
-        self.groups = sorted({group_of(m, grouping) for m in self.modules_})
-        index = {g: k for k, g in enumerate(self.groups)}
-        self.register_buffer("group_index", torch.tensor([index[group_of(m, grouping)] for m in self.modules_]))
-        self.w = torch.nn.Parameter(torch.full((len(self.groups), self.n), float(init)))
+        groups = [group_of(m, grouping) for m in self.modules_]
+        names = sorted(set(groups))
+        self.group_index = torch.tensor([names.index(g) for g in groups], device=weight.device)
+        self.w = torch.nn.Parameter(torch.full((len(names), len(adapters)), float(init),
+                                         device=weight.device))
+        self.stacks = [stack(adapters, m, weight.device, weight.dtype) for m in self.modules_]
         self._coeffs = None
-        self._handles = []
-        device, dtype = model.get_input_embeddings().weight.device, model.get_input_embeddings().weight.dtype
-        for k, module in enumerate(self.modules_):
-            layer = _linear(model, module, adapters[0].factors[module])
-            a = torch.cat([ad.factors[module][0] for ad in adapters]).to(device, dtype)
-            b = torch.cat([ad.factors[module][1] for ad in adapters], dim=1).to(device, dtype)
-            ranks = torch.tensor([ad.factors[module][0].shape[0] for ad in adapters])
-            scaling = torch.tensor([ad.scaling[module] for ad in adapters], dtype=torch.float64)
-            self.register_buffer(f"a{k}", a, persistent=False)
-            self.register_buffer(f"b{k}", b, persistent=False)
-            self.register_buffer(f"r{k}", torch.repeat_interleave(torch.arange(self.n), ranks), persistent=False)
-            self.register_buffer(f"s{k}", scaling, persistent=False)
-            self._handles.append(layer.register_forward_hook(self._hook(k)))
-        self.to(device)
+        self._handles = [_linear(model, m, adapters[0].factors[m]).register_forward_hook(self._hook(k))
+                         for k, m in enumerate(self.modules_)]
 
     def lambdas(self):
         """lambda per module [n_modules, N], float64, exactly as the merge computes it from w."""
-        w = self.w[self.group_index]
-        return weaverec_coefficients(w, self.normalize, self.temperature)
+        return weaverec_coefficients(self.w[self.group_index], self.normalize, self.temperature)
 
     def refresh(self):
-        """Recompute the per-rank coefficients from w; call before each forward pass."""
+        """Recompute the per-rank coefficients lambda_i * s_i from w; call before each forward pass."""
         lam = self.lambdas()
-        self._coeffs = [(lam[k] * getattr(self, f"s{k}"))[getattr(self, f"r{k}")] for k in range(len(self.modules_))]
+        self._coeffs = [(lam[k] * st.scaling)[st.owner] for k, st in enumerate(self.stacks)]
 
     def _hook(self, k):
         def add_lora(layer, inputs, output):
             if self._coeffs is None:
                 raise RuntimeError("WeightedMerge.refresh() must run before the forward pass")
-            a, b = getattr(self, f"a{k}"), getattr(self, f"b{k}")
-            z = torch.nn.functional.linear(inputs[0], a)
-            return output + torch.nn.functional.linear(z * self._coeffs[k].to(z.dtype), b)
+            z = torch.nn.functional.linear(inputs[0], self.stacks[k].a)
+            return output + torch.nn.functional.linear(z * self._coeffs[k].to(z.dtype), self.stacks[k].b)
         return add_lora
+
+    def frozen(self):
+        """The factor tensors (no gradient), e.g. to leave them out of activation counts."""
+        return [t for st in self.stacks for t in (st.a, st.b, st.owner, st.scaling)]
 
     def weights_table(self):
         """{module: [w_1, ..., w_N]}: what merge_lora --weights-file reads (JSON lists of floats)."""
@@ -124,16 +135,15 @@ def check_base(base_model, adapters):
 
 def _linear(model, module, factors):
     """The base model's linear layer `module`; a one-line error when the adapters do not fit it."""
-    from common.cli import UserError
-
     try:
         layer = model.get_submodule(module)
     except AttributeError:
         raise UserError(f"the base model has no module {module}: the adapters were trained on another "
                         "base model (wrong --base-model?)") from None
     a, b = factors
-    if not isinstance(layer, torch.nn.Linear) or (layer.out_features, layer.in_features) != (b.shape[0], a.shape[1]):
-        shape = tuple(layer.weight.shape) if hasattr(layer, "weight") else type(layer).__name__
-        raise UserError(f"{module}: the base layer is {shape}, the adapters' delta is "
-                        f"{(b.shape[0], a.shape[1])}: the adapters do not match --base-model")
+    delta = (b.shape[0], a.shape[1])
+    if not isinstance(layer, torch.nn.Linear) or (layer.out_features, layer.in_features) != delta:
+        found = tuple(layer.weight.shape) if hasattr(layer, "weight") else type(layer).__name__
+        raise UserError(f"{module}: the base layer is {found}, the adapters' delta is {delta}: "
+                        "the adapters do not match --base-model")
     return layer
