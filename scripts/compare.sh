@@ -112,6 +112,20 @@ if has_row weaverec && [ -n "$GRID" ]; then
   infer weaverec_tuned "$TEST_FILE" "$RUN_DIR/weaverec_tuned/output.jsonl" --base-model "$MODEL" \
     --adapter "$merged_dir/weaverec_$best"
 fi
+# learned weights (scripts/learn_weights.sh), opt-in rows: weaverec_likelihood fits per-module w on the first
+# VALID_USERS validation lines, weaverec_entropy on the test prompts with their answers never read
+for objective in likelihood entropy; do
+  if ! has_row "weaverec_$objective"; then continue; fi
+  if [ "$objective" = likelihood ]; then prompts=$VALID_FILE; limit=$VALID_USERS; else prompts=$TEST_FILE; limit=""; fi
+  learned="$RUN_DIR/learned_$objective"
+  MODEL=$MODEL ADAPTERS="$SAVE_DIR/$TARGET ${hybrids[*]}" OBJECTIVE=$objective PROMPTS=$prompts LIMIT=$limit \
+    OUT_DIR=$learned TEMPERATURE=$TEMPERATURE PYTHON=$PYTHON bash scripts/learn_weights.sh
+  rm -f "$merged_dir/weaverec_$objective.stamp"  # the weights file may have changed: merge again
+  merge "weaverec_$objective" --adapters "$SAVE_DIR/$TARGET" "${hybrids[@]}" --method weaverec \
+    --weights-file "$learned/weights.json" --temperature "$TEMPERATURE"
+  infer "weaverec_$objective" "$TEST_FILE" "$RUN_DIR/weaverec_$objective/output.jsonl" --base-model "$MODEL" \
+    --adapter "$merged_dir/weaverec_$objective"
+done
 # TIES and DARE deltas are not low rank: merged into a full model folder (exact)
 for method in ties dare_ties task_arithmetic; do
   if ! has_row "$method"; then continue; fi
@@ -132,6 +146,9 @@ done
 compare=()
 if has_row weaverec && has_row target_only; then compare+=(--compare weaverec target_only); fi
 if has_row weaverec && has_row naive_merge; then compare+=(--compare weaverec naive_merge); fi
+for objective in likelihood entropy; do  # learned weights against equal weights
+  if has_row "weaverec_$objective" && has_row weaverec; then compare+=(--compare "weaverec_$objective" weaverec); fi
+done
 items="$DATA_DIR/${TARGET}.items.jsonl"
 items_arg=(); if [ -f "$items" ]; then items_arg=(--items "$items"); fi
 "$PYTHON" -m metric.metric --test-file "$TEST_FILE" --pred-dir "$RUN_DIR" --out-dir "$RUN_DIR" \
