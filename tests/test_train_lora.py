@@ -228,3 +228,17 @@ def test_failed_run_leaves_no_finished_looking_adapter_and_shows_the_log(built_m
     first, *tail = proc.stderr.strip().splitlines()
     assert first == f"error: LLaMA-Factory failed on beauty (exit 1); the last lines of {tmp_path}/beauty.partial/train.log:"
     assert any("no_such_argument" in line for line in tail) and len(tail) <= 30
+
+
+@pytest.mark.slow
+def test_checkpoint_size_is_what_the_preflight_estimates(resumed, built_model):
+    """models/estimate.py sizes the 7B module's disk from the same formula: check it on a real checkpoint."""
+    import yaml
+
+    from models import estimate
+
+    cfg = json.loads((built_model / "config.json").read_text())
+    train = yaml.safe_load((REPO / "scripts/train_configs/tiny_cpu_lora.yaml").read_text())
+    folder = resumed["out"] / "checkpoint-24"
+    real = sum(p.stat().st_size for p in folder.iterdir())
+    assert abs(estimate.checkpoint_bytes(cfg, train, str(built_model)) - real) < 0.05 * real
