@@ -127,7 +127,7 @@ def precision_overrides(precision):
     return [f"bf16={'true' if precision == 'bf16' else 'false'}", f"fp16={'true' if precision == 'fp16' else 'false'}"]
 
 
-def check_lengths(args, cfg, data_file, notes):
+def check_lengths(args, cfg, data_file, say):
     from models.check_lengths import check
 
     cutoff, max_samples = int(cfg.get("cutoff_len", 2048)), cfg.get("max_samples")
@@ -135,7 +135,7 @@ def check_lengths(args, cfg, data_file, notes):
                   progress=sys.stderr.isatty())
     over = f"{stats['over']:,} over cutoff_len {cutoff:,} (cut at the end)" if stats["over"] else \
         f"none over cutoff_len {cutoff:,}"
-    notes.append(f"{stats['samples']:,} samples, longest {stats['longest']:,} tokens, {over}")
+    say(f"{stats['samples']:,} samples, longest {stats['longest']:,} tokens, {over}")
 
 
 def main(argv=None):
@@ -150,6 +150,19 @@ def main(argv=None):
     p.add_argument("--skip-existing", default="1", choices=("0", "1"))
     p.add_argument("--dry-run", action="store_true", help="check and plan, change nothing")
     args = p.parse_args(argv)
+    data_file, world, extra, cfg = check_inputs(args)
+
+    def say(note):  # on stdout as it happens; an error is the one line on stderr
+        print(f"[train_lora] {args.dataset}: {note}", flush=True)
+
+    action, checkpoint, overrides = plan_run(args, cfg, data_file, world, extra, say)
+    with open(args.plan_file, "w", encoding="utf-8") as f:
+        f.write(f"{action}\n{checkpoint or '-'}\n{' '.join(overrides)}\n")
+    return 0
+
+
+def check_inputs(args):
+    """(dataset file, processes in all, EXTRA words, effective config), or a UserError."""
     if importlib.util.find_spec("llamafactory") is None:
         raise UserError("LLaMA-Factory is not installed in this Python (pip install -r requirements.txt)")
     data_file = check_dataset(args.dataset, args.data_dir)
@@ -161,27 +174,28 @@ def main(argv=None):
     extra = args.extra.split()
     cfg = effective_config(args.config, extra)
     check_training_config(cfg, world)
+    return data_file, world, extra, cfg
 
+
+def plan_run(args, cfg, data_file, world, extra, say):
+    """(action, checkpoint, overrides): skip, or precision and prompt lengths checked and the folder prepared."""
     inputs = train_run.run_inputs(args.dataset, args.data_dir, args.model, args.config,
                                   extra + [f"PRECISION={args.precision}"], world)
     action, reason, checkpoint = train_run.plan(args.out, inputs, args.skip_existing == "1")
-    notes, overrides = [reason], []
-    if action != "skip":
-        wanted = "bf16" if cfg.get("bf16") else "fp16" if cfg.get("fp16") else "fp32"
-        needs_gpu = wanted != "fp32" or args.precision not in ("auto", "fp32")  # fp32 runs anywhere: no torch import
-        precision, message = choose_precision(wanted, args.precision, device() if needs_gpu else CPU)
-        notes += [message] if message else []
-        overrides = precision_overrides(precision)
-        if args.dry_run:  # loading a tokenizer takes seconds: a dry run only plans
-            notes.append("prompt lengths are checked when training starts")
-        else:
-            check_lengths(args, cfg, data_file, notes)
-            train_run.prepare(args.out, inputs, action, checkpoint)
-    with open(args.plan_file, "w", encoding="utf-8") as f:
-        f.write(f"{action}\n{checkpoint or '-'}\n{' '.join(overrides)}\n")
-    for note in notes:
-        print(f"[train_lora] {args.dataset}: {note}")
-    return 0
+    say(reason)
+    if action == "skip":
+        return action, None, []
+    wanted = "bf16" if cfg.get("bf16") else "fp16" if cfg.get("fp16") else "fp32"
+    needs_gpu = wanted != "fp32" or args.precision not in ("auto", "fp32")  # fp32 runs anywhere: no torch import
+    precision, message = choose_precision(wanted, args.precision, device() if needs_gpu else CPU)
+    if message:
+        say(message)
+    if args.dry_run:  # loading a tokenizer takes seconds: a dry run only plans
+        say("prompt lengths are checked when training starts")
+    else:
+        check_lengths(args, cfg, data_file, say)
+        train_run.prepare(args.out, inputs, action, checkpoint)
+    return action, checkpoint, precision_overrides(precision)
 
 
 if __name__ == "__main__":
