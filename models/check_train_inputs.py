@@ -15,6 +15,7 @@ overrides to add.
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -136,6 +137,11 @@ def check_lengths(args, cfg, data_file, say):
     over = f"{stats['over']:,} over cutoff_len {cutoff:,} (cut at the end)" if stats["over"] else \
         f"none over cutoff_len {cutoff:,}"
     say(f"{stats['samples']:,} samples, longest {stats['longest']:,} tokens, {over}")
+    with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
+        context = json.load(f).get("max_position_embeddings")
+    if context and min(cutoff, stats["longest"]) > context:
+        say(f"warning: samples of up to {min(cutoff, stats['longest']):,} tokens exceed the model's "
+            f"max_position_embeddings {context:,}")
 
 
 def main(argv=None):
