@@ -311,3 +311,21 @@ def gen_args(test_file, model, out, *extra):
 def read_lines(path):
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
+
+
+# --- scripts/train_lora.sh --------------------------------------------------------------------------
+def run_train_lora(dataset, timeout=600, **env):
+    """Run scripts/train_lora.sh as a user does, with path variables from `env`; a run past `timeout`
+    seconds (a hang) is killed with all its processes and fails the test."""
+    import signal
+
+    full = dict(os.environ, **{k: str(v) for k, v in env.items()})
+    proc = subprocess.Popen(["bash", "scripts/train_lora.sh", dataset], cwd=REPO, env=full, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"train_lora.sh {dataset} still running after {timeout}s (a hang?):\n{out[-2000:]}{err[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
