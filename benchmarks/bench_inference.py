@@ -33,7 +33,7 @@ def random_tiny_model(data_dir, out_dir, vocab_size=8192, category="Beauty"):
     texts = list(asin_titles(data_dir, category).values())
     tok = train_tokenizer(texts + [SYSTEM, HISTORY_OPEN, CANDIDATES_OPEN, CANDIDATES_CLOSE, SEP],
                           vocab_size=vocab_size)
-    model = init_model(tiny_config(tok, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2))
+    model = init_model(tiny_config(tok, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1))
     save_model(model, tok, out_dir)
     return out_dir
 
