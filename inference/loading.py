@@ -107,6 +107,10 @@ def load_model(base, adapters=(), device="cpu", dtype="float32", tokenizer=None)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load a model from {base}: {str(err).splitlines()[0]}") from None
     model.to(device)
+    # the model's own generation defaults (Qwen2-Instruct: sampling, repetition penalty 1.05) are not
+    # applied: transformers merges them into any GenerationConfig passed to generate
+    from transformers import GenerationConfig
+    model.generation_config = GenerationConfig()
     for path in adapters:
         model = apply_adapter(model, path)
     if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:

@@ -19,18 +19,23 @@ from inference.constrained import CandidateConstraint, Tracker, mask_to
 from inference.records import constrained_record, decode_until_stop, free_record, stop_ids
 from inference.vllm_score import score_chunk
 
-CONSTRAINT_KEY = "weaverec_candidates"
+CONSTRAINT_KEY = "weaverec_candidates"  # SamplingParams.extra_args: a candidate automaton (constrained)
+FORCED_KEY = "weaverec_forced"  # extra_args: the exact tokens to produce (score, inference/vllm_score.py)
 
 
 class CandidateProcessor(AdapterLogitsProcessor):
-    """Per-request constrained decoding inside vLLM's engine: a request whose extra_args hold a
-    candidate automaton may only continue with a token the automaton allows."""
+    """Per-request logits masks inside vLLM's engine: a request whose extra_args hold a candidate
+    automaton may only continue with a token the automaton allows; one with forced tokens produces them."""
 
     def is_argmax_invariant(self):
         return False  # it changes the greedy choice
 
     def new_req_logits_processor(self, params):
-        spec = (params.extra_args or {}).get(CONSTRAINT_KEY)
+        extra = params.extra_args or {}
+        if FORCED_KEY in extra:
+            forced = extra[FORCED_KEY]
+            return lambda output_ids, logits: mask_to(logits, forced[len(output_ids):len(output_ids) + 1])
+        spec = extra.get(CONSTRAINT_KEY)
         if spec is None:
             return None
         tracker = Tracker(CandidateConstraint.from_tokens(spec["mid"], spec["last"], spec["eos"], spec["k"]))

@@ -1,16 +1,17 @@
-"""Score mode on vLLM: every candidate is one request, prompt + `title||`, whose prompt log-probs give
-the candidate's log-likelihood (the same sum as inference/scoring.py computes on transformers).
+"""Score mode on vLLM: each candidate's log-likelihood, sum_j log p(u_j | prompt, u_<j) with u = the
+tokens of `title||`, the same sum inference/scoring.py computes on transformers.
 
-vLLM skips the prefix cache for requests with prompt log-probs (so that every position gets its
-log-prob): 30 candidates would prefill the shared prompt 30 times. Here the cache is read anyway
-(`skip_reading_prefix_cache=False`): the prompt is computed once, each candidate recomputes only the
-last, partly filled cache block and its own tokens. The positions a request took from the cache have no
-log-probs (`num_cached_tokens` says how many). A cached position inside a candidate was computed by
-another request of the chunk sharing that token prefix (each chunk starts from an empty cache), which
-kept only its own token's log-prob; the few candidates hit this way (a block boundary inside a prefix
-they share with another candidate) are scored again without reading the cache.
-(vLLM 0.32's `prompt_logprob_token_ids` / `prompt_logprob_start` would limit the work too, but they
-need its V2 model runner, which needs Triton: not on the CPU build.)
+Each candidate is one request of the bare prompt, forced (a logits processor, inference/vllm_backend.py)
+to produce exactly u; the log-prob vLLM reports for each sampled token is taken from the logits before
+any processor (vLLM's default logprobs_mode "raw_logprobs"), i.e. log p(u_j | prompt, u_<j). The 30
+requests of a prompt share its prefix-cache blocks, so the prompt is computed once per chunk.
+
+Measured on CPU (docs/inference.md): prompt + candidate as one request with `prompt_logprobs` skips the
+prefix cache and prefills the prompt 30 times (3.5x slower than this); reading the cache anyway
+(`skip_reading_prefix_cache=False`) loses the log-probs of cached positions and still builds a log-prob
+entry for every prompt position in Python (2x slower than this). vLLM 0.32's
+`prompt_logprob_token_ids` / `prompt_logprob_start` would avoid that, but they need its V2 model
+runner, which needs Triton: not available on the CPU build.
 """
 
 from vllm import SamplingParams
@@ -18,39 +19,33 @@ from vllm import SamplingParams
 from inference.records import candidate_tokens, score_record, score_titles
 
 
-def _requests(tok, chunk):
-    """One request per (example, candidate): the example, the title and the candidate's tokens."""
-    return [(ex, title, candidate_tokens(tok, title), None) for ex in chunk for title in score_titles(ex)]
+def forced_logprobs(llm, prompts, continuations, lora):
+    """Per (prompt, continuation) pair: the log-prob of each continuation token after the prompt and the
+    continuation's earlier tokens."""
+    from inference.vllm_backend import FORCED_KEY
 
-
-def _logprobs(request, out):
-    """log p of each candidate token a request computed itself (None where it read the cache)."""
-    ex, _, cont, _ = request
-    plen = len(ex["prompt_ids"])
-    first = max(plen, out.num_cached_tokens + 1)  # entry j (token j) comes from position j - 1
-    flat = out.prompt_logprobs  # FlatLogprobs: position j's (token, log-prob) pairs from start_indices[j]
-    return [flat.logprobs[flat.start_indices[j]] if j >= first else None for j in range(plen, plen + len(cont))]
-
-
-def _generate(llm, requests, lora, read_cache):
-    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False,
-                            skip_reading_prefix_cache=not read_cache, flat_logprobs=True)
-    outs = llm.generate([{"prompt_token_ids": ex["prompt_ids"] + cont} for ex, _, cont, _ in requests],
-                        params, lora_request=lora, use_tqdm=False)
-    return [_logprobs(r, o) for r, o in zip(requests, outs)]
+    params = [SamplingParams(temperature=0.0, max_tokens=len(cont), logprobs=0, ignore_eos=True,
+                             detokenize=False, flat_logprobs=True, extra_args={FORCED_KEY: cont})
+              for cont in continuations]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, lora_request=lora, use_tqdm=False)
+    result = []
+    for cont, out in zip(continuations, outs):
+        sample = out.outputs[0]
+        if list(sample.token_ids) != cont:
+            raise RuntimeError("vLLM did not produce the forced candidate tokens")
+        flat = sample.logprobs  # FlatLogprobs: token j's log-prob first at start_indices[j]
+        result.append([flat.logprobs[flat.start_indices[j]] for j in range(len(cont))])
+    return result
 
 
 def score_chunk(llm, tok, chunk, lora, norm="sum"):
     """Score records for the examples of `chunk`, as inference.hf_backend writes them."""
-    requests = _requests(tok, chunk)
-    logprobs = _generate(llm, requests, lora, read_cache=True)
-    again = [i for i, lps in enumerate(logprobs) if None in lps]
-    if again:
-        for i, lps in zip(again, _generate(llm, [requests[i] for i in again], lora, read_cache=False)):
-            logprobs[i] = lps
-    per_example = {}
-    for (ex, title, cont, _), lps in zip(requests, logprobs):
-        entry = per_example.setdefault(ex["id"], ([], [], []))
-        for part, value in zip(entry, (title, sum(lps), len(cont))):
-            part.append(value)
-    return [score_record(ex, *per_example[ex["id"]][:2], norm, per_example[ex["id"]][2]) for ex in chunk]
+    titles = [score_titles(ex) for ex in chunk]
+    conts = [[candidate_tokens(tok, t) for t in ts] for ts in titles]
+    prompts = [ex["prompt_ids"] for ex, cs in zip(chunk, conts) for _ in cs]
+    logprobs = iter(forced_logprobs(llm, prompts, [c for cs in conts for c in cs], lora))
+    records = []
+    for ex, ts, cs in zip(chunk, titles, conts):
+        sums = [sum(next(logprobs)) for _ in cs]
+        records.append(score_record(ex, ts, sums, norm, [len(c) for c in cs]))
+    return records
