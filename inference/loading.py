@@ -99,6 +99,7 @@ def load_model(base, adapters=(), device="cpu", dtype="float32", tokenizer=None)
     check_model_folder(base, "base model folder")
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # transformers 5 draws one per load and save
     # transformers 5 names the argument dtype (torch_dtype is deprecated there, unknown before 4.56)
     key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:

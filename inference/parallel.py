@@ -30,7 +30,7 @@ def worker_env(args, index, count):
     share = max(1, len(cores) // count)
     mine = [cores[(index * share + c) % len(cores)] for c in range(share)]
     if args.backend == "vllm":
-        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine))
+        env["WEAVEREC_CORES"] = ",".join(map(str, mine))  # inference.vllm_engine.cpu_settings binds them
         return env, []
     return env, [] if args.threads else ["--threads", str(share)]
 

@@ -53,14 +53,15 @@ def lora_rank_limit(adapters, limit=None):
     return limit
 
 
-def cpu_settings(threads=None, cores=None):
-    """Environment for a CPU engine: the KV cache size (GiB) and, with `threads` or `cores`, the cores
-    its OpenMP threads are bound to (vLLM's own choice otherwise). Returns what was set."""
+def cpu_settings(threads=None):
+    """Environment for a CPU engine: the KV cache size (GiB) and the cores its OpenMP threads are bound
+    to: the first `threads` of this process's cores (of a data-parallel worker's share, WEAVEREC_CORES),
+    else vLLM's own choice. Returns what was set."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", KV_CACHE_GIB)
-    if cores is None and threads:
-        cores = sorted(os.sched_getaffinity(0))[:threads]
-    if cores:
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
+    share = os.environ.get("WEAVEREC_CORES")
+    cores = [int(c) for c in share.split(",")] if share else sorted(os.sched_getaffinity(0))
+    if threads or share:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores[:threads or len(cores)]))
     return {k: os.environ[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND") if k in os.environ}
 
 

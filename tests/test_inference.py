@@ -16,9 +16,7 @@ from transformers import AutoConfig, Qwen2ForCausalLM
 from common.cli import UserError, run_main
 from inference.generate import main
 from inference.resume import ResumableOutput
-from tests.helpers import REPO, gen_args, read_lines
-
-pytestmark = pytest.mark.both_envs
+from tests.helpers import REPO, TRAIN_PYTHON, gen_args, read_lines
 
 
 def count_lines(path):
@@ -225,3 +223,16 @@ def test_cli_error_has_no_traceback(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: test file is empty: {empty}"]
+
+
+def test_vllm_backend_without_its_environment_names_how_to_create_it(real_test_file, varied_model_dir, tmp_path):
+    """The training environment has no vLLM: one line saying how to make the one that has it."""
+    out = tmp_path / "output.jsonl"
+    proc = subprocess.run([str(TRAIN_PYTHON), "-m", "inference.generate",
+                           *map(str, gen_args(real_test_file, varied_model_dir, out, "--backend", "vllm"))],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --backend vllm needs the vLLM environment (.venv-vllm): create it with "
+        "`VLLM=1 bash scripts/setup.sh` and run .venv-vllm/bin/python -m inference.generate"]
+    assert not out.exists()

@@ -17,8 +17,6 @@ from inference.loading import load_model, load_tokenizer
 from inference.records import candidate_tokens, prompt_ids
 from tests.helpers import gen_args, read_lines
 
-pytestmark = pytest.mark.both_envs
-
 TRICKY = ["Foo", "Foo Bar", "Foo Bar 2", "Foo|", "|Bar", "Eye Cream| | Age Eye Cream |100%",
           "Crème brûlée ® 3 ½ oz", "naïve 日本語 ~ 1/3 fl.oz.", "Foo", "(Pack of 2) #2101 [Beauty]",
           "Spaced  title\xa0"]
