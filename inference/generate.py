@@ -131,8 +131,8 @@ def validity(examples, records):
 
 def run_job(job, runner, chunks, output, console):
     """Predict every chunk not done yet; returns the records of `output` once all are done."""
-    bar = tqdm(total=len(output.ids), initial=len(output.done), unit="sample", desc=job.name, file=console,
-               dynamic_ncols=True)
+    bar = tqdm(total=len(output.ids), initial=len(output.done), unit="sample", desc=job.name,
+               file=console[1] if console else None, dynamic_ncols=True)
     for chunk in chunks:
         todo = [ex for ex in chunk if ex["id"] not in output.done]
         if todo:
@@ -148,7 +148,7 @@ def report(job, records, resumed, loaded, seconds, console=None):
           f"{job.args.backend}, model ready in {loaded:.1f}s, {seconds:.1f}s, "
           f"{(len(records) - resumed) / max(seconds, 1e-9):.2f} samples/s; "
           f"valid titles {item_rate:.1%}, answers of 5 distinct candidates {full_rate:.1%}",
-          file=console or sys.stdout, flush=True)
+          file=console[0] if console else sys.stdout, flush=True)
 
 
 def run_all(args, jobs, console):

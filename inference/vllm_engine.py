@@ -68,11 +68,12 @@ def cpu_settings(threads=None):
 @contextlib.contextmanager
 def logged_to(path):
     """Everything written to this process's stdout and stderr, and by the engine processes started
-    inside the block, goes to `path`; yields a stream on the real stderr for the progress bar."""
+    inside the block, goes to `path`; yields streams (out, err) on the real stdout and stderr, for
+    results and the progress bar."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    console = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    console = tuple(os.fdopen(os.dup(fd), "w", buffering=1) for fd in saved)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a", encoding="utf-8") as log:
         os.dup2(log.fileno(), 1)
@@ -86,7 +87,8 @@ def logged_to(path):
         os.dup2(saved[1], 2)
         for fd in saved:
             os.close(fd)
-        console.close()
+        for stream in console:
+            stream.close()
 
 
 def tail(path, lines=15):

@@ -156,7 +156,7 @@ def test_bad_input_is_one_line_error_before_the_engine_starts(models, real_test_
     one_error_line(over, "has rank 24, above the engine's max_lora_rank 16")
     wrong = make_adapter(base, tmp_path / "wrong", seed=2)
     path = wrong / "adapter_model.safetensors"
-    save_file({k: v[:, :8] if "lora_A" in k else v for k, v in load_file(path).items()}, path)  # made for width 8
+    save_file({k: v[:, :8].contiguous() if "lora_A" in k else v for k, v in load_file(path).items()}, path)  # width 8
     one_error_line(cli(*gen_args(test, base, out, "--backend", "vllm", "--adapter", wrong)),
                    "does not match the base model")
     empty = tmp_path / "empty.jsonl"
