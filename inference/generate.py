@@ -29,7 +29,7 @@ DEFAULT_BATCH_SIZE = 32
 CHUNK_BATCHES = 8  # examples handed to the runner at once, in batches: the unit of saved progress
 # --backend auto: the faster backend per mode on CPU (benchmarks/bench_inference.py, docs/inference.md),
 # when the running environment has vLLM
-AUTO_BACKEND = {"free": "vllm", "constrained": "vllm", "score": "vllm"}
+AUTO_BACKEND = {"free": "vllm", "constrained": "vllm", "score": "hf"}
 
 
 def parse_args(argv):

@@ -236,3 +236,24 @@ def test_vllm_backend_without_its_environment_names_how_to_create_it(real_test_f
         "error: --backend vllm needs the vLLM environment (.venv-vllm): create it with "
         "`VLLM=1 bash scripts/setup.sh` and run .venv-vllm/bin/python -m inference.generate"]
     assert not out.exists()
+
+
+def test_jobs_file_runs_several_outputs_as_separate_runs_would(real_test_file, varied_model_dir, tmp_path,
+                                                               capsys):
+    """--jobs (scripts/compare.sh: one process, one engine for every row) writes what one run per output
+    writes, and a rerun of either kind finds them complete."""
+    adapter = make_adapter(varied_model_dir, tmp_path / "adapter", seed=3)
+    runs = {"plain": [], "adapted": ["--adapter", str(adapter)]}
+    jobs = tmp_path / "rows.jobs"
+    jobs.write_text("".join(json.dumps({"test_file": str(real_test_file), "base_model": str(varied_model_dir),
+                                        "out": str(tmp_path / "jobs" / name / "output.jsonl"),
+                                        "adapter": extra[1:]}) + "\n" for name, extra in runs.items()))
+    common = ["--mode", "score", "--limit", "3", "--threads", "1"]
+    main(["--jobs", str(jobs), *common])
+    for name, extra in runs.items():
+        single = tmp_path / "single" / name / "output.jsonl"
+        main(gen_args(real_test_file, varied_model_dir, single, *common, *extra))
+        assert single.read_bytes() == (tmp_path / "jobs" / name / "output.jsonl").read_bytes()
+    capsys.readouterr()
+    main(["--jobs", str(jobs), *common])
+    assert capsys.readouterr().out.count("already complete") == 2
