@@ -117,4 +117,22 @@ def make_jobs(args):
     tokenizers = {}
     for job in jobs:
         job.prepare(tokenizers)
+    if args.backend == "vllm" and not device.startswith("cuda"):
+        check_cpu_heads(args, jobs)
     return jobs
+
+
+def check_cpu_heads(args, jobs):
+    """vLLM's CPU attention has kernels for some head dimensions only: --backend auto falls back to hf
+    for other models, --backend vllm stops with one line."""
+    from inference.vllm_engine import cpu_head_dim
+
+    for job in jobs:
+        dim = cpu_head_dim(job.base)
+        if dim is None:
+            continue
+        if getattr(args, "auto", False):
+            args.backend = "hf"
+            return
+        raise UserError(f"{job.base} has attention heads of {dim} dimensions; vLLM's CPU attention needs "
+                        "32, 64, 80, 96, 112, 128, ...: use --backend hf")

@@ -27,6 +27,19 @@ KV_CACHE_GIB = "4"  # VLLM_CPU_KVCACHE_SPACE unless set: vLLM would otherwise re
 SETUP_HINT = "create it with `VLLM=1 bash scripts/setup.sh` and run .venv-vllm/bin/python -m inference.generate"
 
 
+CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM 0.32's CPU attention kernels
+
+
+def cpu_head_dim(model_dir):
+    """The attention head dimension of a model folder, if vLLM's CPU attention lacks a kernel for it."""
+    import json
+
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    return None if dim in CPU_HEAD_DIMS else dim
+
+
 def import_vllm():
     try:
         import vllm

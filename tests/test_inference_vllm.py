@@ -5,6 +5,7 @@ the data-parallel join byte-identical to one run; one-line errors. One engine se
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,6 +160,11 @@ def test_bad_input_is_one_line_error_before_the_engine_starts(models, real_test_
     save_file({k: v[:, :8].contiguous() if "lora_A" in k else v for k, v in load_file(path).items()}, path)  # width 8
     one_error_line(cli(*gen_args(test, base, out, "--backend", "vllm", "--adapter", wrong)),
                    "does not match the base model")
+    narrow = tmp_path / "narrow"  # heads of 16 dimensions: no CPU attention kernel in vLLM 0.32
+    shutil.copytree(base, narrow)
+    config = json.loads((narrow / "config.json").read_text())
+    (narrow / "config.json").write_text(json.dumps(dict(config, num_attention_heads=4, num_key_value_heads=2)))
+    one_error_line(cli(*gen_args(test, narrow, out, "--backend", "vllm")), "heads of 16 dimensions")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     one_error_line(cli(*gen_args(empty, base, out, "--backend", "vllm")), "test file is empty")
