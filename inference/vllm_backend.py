@@ -4,7 +4,8 @@
 - constrained: `CandidateProcessor`, a vLLM logits processor (vllm/v1/sample/logits_processor), masks
   each request's logits to what its candidate automaton allows; the automaton's token lists travel with
   the request in SamplingParams.extra_args, so the engine process needs no tokenizer;
-- score: one request per candidate (prompt + candidate) with prompt log-probs (inference/vllm_score.py).
+- score: one request per candidate, forced to produce its tokens, their log-probs summed
+  (inference/vllm_score.py).
 
 Adapters (inference/vllm_engine.py) are LoRA requests, or merged into the weights the engine serves.
 Every chunk starts from an empty prefix cache, so a chunk is computed the same way whatever ran before
