@@ -76,9 +76,12 @@ def parse_args(argv):
         raise UserError("--temperature applies to --mode free only")
     if not args.jobs and not (args.test_file and args.base_model and args.out):
         raise UserError("--test-file, --base-model and --out are needed (or --jobs)")
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if args.backend == "vllm" and not has_vllm:  # before anything is read or loaded
+        from inference.vllm_engine import import_vllm
+        import_vllm()
     args.auto = args.backend == "auto"
     if args.auto:
-        has_vllm = importlib.util.find_spec("vllm") is not None
         args.backend = AUTO_BACKEND[args.mode] if has_vllm else "hf"
     return args
 
