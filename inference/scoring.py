@@ -1,7 +1,7 @@
 """Score mode: rank every candidate by the model's log-likelihood of it as the answer's first item.
 
 score(c) = sum_j log p(u_j | prompt, u_<j), u = tokens of c + "||" (the separator marks where the
-first item ends), or that sum divided by len(u) with norm="mean".
+first item ends), or that sum divided by len(u) with --score-norm mean (inference.records).
 
 A prompt runs once. Then all its candidates are packed end to end into one continuation that reuses
 the prompt's KV cache (nothing is copied per candidate): a 4D attention mask lets each candidate token
@@ -14,9 +14,7 @@ padded batches measured slower).
 
 import torch
 
-from common.prompt import SEP
-
-LOGIT_BUDGET = 1 << 27  # float32 logits held at once (512 MiB)
+LOGIT_BUDGET = 1 << 26  # log-probs held at once, in float64 (512 MiB)
 
 
 def pad_left(seqs, pad_id):
@@ -29,11 +27,6 @@ def pad_left(seqs, pad_id):
             ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
             mask[i, width - len(s):] = 1
     return ids, mask
-
-
-def candidate_tokens(tokenizer, title):
-    """The continuation whose likelihood is the candidate's score."""
-    return tokenizer.encode(title + SEP, add_special_tokens=False)
 
 
 def _pack(token_lists):
@@ -59,7 +52,7 @@ def _score_one(model, prompt, token_lists):
     """Summed log-probs and token counts of each candidate continuation of one prompt."""
     device = model.device
     out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
-    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    first = torch.log_softmax(out.logits[0, -1].double(), dim=-1)
     ids, seg, off = (t.to(device) for t in _pack(token_lists))
     dtype = model.get_input_embeddings().weight.dtype
     hidden = model.get_decoder()(
@@ -72,30 +65,19 @@ def _score_one(model, prompt, token_lists):
     step = max(1, LOGIT_BUDGET // first.shape[-1])
     for q0 in range(0, ids.shape[0] - 1, step):
         q1 = min(ids.shape[0] - 1, q0 + step)
-        logp = torch.log_softmax(head(hidden[q0:q1]).float(), dim=-1)
+        logp = torch.log_softmax(head(hidden[q0:q1]).double(), dim=-1)
         prev = logp.gather(1, ids[q0 + 1:q1 + 1, None]).squeeze(-1)
         tok_lp[q0 + 1:q1 + 1] = torch.where(off[q0 + 1:q1 + 1] > 0, prev, tok_lp[q0 + 1:q1 + 1])
-    sums = torch.zeros(len(token_lists), device=device).scatter_add_(0, seg, tok_lp)
+    sums = torch.zeros(len(token_lists), dtype=torch.float64, device=device).scatter_add_(0, seg, tok_lp)
     return sums.cpu(), torch.tensor([len(t) for t in token_lists], dtype=torch.float32)
 
 
 @torch.no_grad()
-def score_candidates(model, tokenizer, prompts, candidates, norm="sum"):
-    """Scores per prompt, one per candidate in the given order.
+def score_candidates(model, prompts, continuations):
+    """Summed log-likelihood of each candidate continuation, per prompt, in the given order.
 
     Args:
         prompts: token id lists (chat template applied, generation prompt added).
-        candidates: one list of titles per prompt.
-        norm: "sum" (total log-likelihood) or "mean" (per token).
+        continuations: per prompt, one token id list per candidate (inference.records.candidate_tokens).
     """
-    out = []
-    for prompt, titles in zip(prompts, candidates):
-        sums, counts = _score_one(model, prompt, [candidate_tokens(tokenizer, t) for t in titles])
-        out.append((sums / counts if norm == "mean" else sums).tolist())
-    return out
-
-
-def rank(titles, scores):
-    """Titles and scores, best first; equal scores keep candidate order."""
-    order = sorted(range(len(titles)), key=lambda i: (-scores[i], i))
-    return [titles[i] for i in order], [scores[i] for i in order]
+    return [_score_one(model, prompt, conts)[0].tolist() for prompt, conts in zip(prompts, continuations)]

@@ -29,9 +29,13 @@ DENSITY=${DENSITY:-0.5}                   # TIES / DARE
 DROP_RATE=${DROP_RATE:-0.5}               # DARE
 SCALE=${SCALE:-0.5}                       # task arithmetic: SCALE x the sum of the deltas
 BOOTSTRAP=${BOOTSTRAP:-1000}
+BACKEND=${BACKEND:-auto}                  # hf | vllm | auto (vllm where .venv-vllm exists, per mode: docs/inference.md)
+INFER_EXTRA=${INFER_EXTRA:-}              # more inference options, e.g. "--data-parallel 2"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
+if [ "$BACKEND" != hf ] && [ -x .venv-vllm/bin/python ]; then INFER_PYTHON=${INFER_PYTHON:-.venv-vllm/bin/python}; fi
+INFER_PYTHON=${INFER_PYTHON:-$PYTHON}
 
 read -r -a sources <<< "$SOURCES"
 has_row() { [[ " $ROWS " == *" $1 "* ]]; }
@@ -46,11 +50,25 @@ need_mixed=0; has_row mixed_all && need_mixed=1
 TARGET=$TARGET SOURCES=$SOURCES MODEL=$MODEL CONFIG=$CONFIG SAVE_DIR=$SAVE_DIR DATA_DIR=$DATA_DIR \
   SOURCE_ONLY=$need_source_only MIXED_ALL=$need_mixed bash scripts/train_modules.sh
 
-infer() {  # infer <row> <test file> <out file> <model args...>
+# rows are queued, then run_jobs runs them in one inference process: one engine load for all of them
+jobs_file="$RUN_DIR/inference.jobs"           # jsonl, one line per row (not *.jsonl: the metric reads those)
+mkdir -p "$RUN_DIR"; rm -f "$jobs_file"
+infer() {  # infer <row> <test file> <out file> --base-model M [--adapter A]
   local row=$1 test=$2 out=$3; shift 3
-  echo "[compare] $row: $MODE decoding on $test"
-  "$PYTHON" -m inference.generate --test-file "$test" --out "$out" --mode "$MODE" \
-    --batch-size "$BATCH_SIZE" "$@"
+  echo "[compare] $row: $MODE decoding on $test (queued)"
+  "$PYTHON" -c 'import json, sys
+test, out, *args = sys.argv[1:]
+opts = dict(zip(args[::2], args[1::2]))
+print(json.dumps({"test_file": test, "out": out, "base_model": opts["--base-model"],
+                  "adapter": [opts["--adapter"]] if "--adapter" in opts else []}))' "$test" "$out" "$@" >> "$jobs_file"
+}
+run_jobs() {  # every queued row, one process
+  if [ ! -s "$jobs_file" ]; then return; fi
+  echo "[compare] inference of $(wc -l < "$jobs_file") rows in one process (backend $BACKEND)"
+  # shellcheck disable=SC2086  # INFER_EXTRA is a list of options
+  "$INFER_PYTHON" -m inference.generate --jobs "$jobs_file" --mode "$MODE" --batch-size "$BATCH_SIZE" \
+    --backend "$BACKEND" $INFER_EXTRA
+  rm -f "$jobs_file"
 }
 merge() {  # merge <name> <merge args...>; kept when the same arguments merged the same adapter files
   local name=$1; shift
@@ -105,6 +123,7 @@ if has_row weaverec && [ -n "$GRID" ]; then
     infer "weaverec_w$w0 (validation)" "$valid_subset" "$valid_dir/w$w0/output.jsonl" \
       --base-model "$MODEL" --adapter "$merged_dir/weaverec_w$w0"
   done
+  run_jobs
   "$PYTHON" -m metric.metric --test-file "$valid_subset" --pred-dir "$valid_dir" \
     --out-dir "$valid_dir" --no-baselines --bootstrap 0 > /dev/null
   best=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"])' "$valid_dir/metrics.json")
@@ -141,6 +160,8 @@ for method in ties dare_ties task_arithmetic; do
     infer "$method" "$TEST_FILE" "$RUN_DIR/$method/output.jsonl" --base-model "$merged_dir/$method"
   fi
 done
+
+run_jobs
 
 # 4. one report for every row, with the paired comparisons the paper's claim rests on
 compare=()

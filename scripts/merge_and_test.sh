@@ -24,8 +24,11 @@ PRED=${PRED:-result/${RUN}/output.jsonl}
 TEST_FILE=${TEST_FILE:-testdata/${TARGET}.jsonl}
 MODE=${MODE:-constrained}         # free | constrained | score
 BATCH_SIZE=${BATCH_SIZE:-32}
-INFER_EXTRA=${INFER_EXTRA:-}      # more inference options, e.g. "--limit 100 --backend vllm"
+INFER_EXTRA=${INFER_EXTRA:-}      # more inference options, e.g. "--limit 100 --data-parallel 2"
+BACKEND=${BACKEND:-auto}          # hf | vllm | auto (vllm where .venv-vllm exists, per mode: docs/inference.md)
 if [ -x .venv/bin/python ]; then PYTHON=${PYTHON:-.venv/bin/python}; else PYTHON=${PYTHON:-python3}; fi
+if [ "$BACKEND" != hf ] && [ -x .venv-vllm/bin/python ]; then INFER_PYTHON=${INFER_PYTHON:-.venv-vllm/bin/python}; fi
+INFER_PYTHON=${INFER_PYTHON:-$PYTHON}
 
 # shellcheck disable=SC2206  # word splitting of the space-separated lists is intended
 adapters=($ADAPTERS)
@@ -41,6 +44,6 @@ echo "[merge_and_test] merging ${#adapters[@]} adapters with $METHOD ($OUTPUT) i
 if [ "$OUTPUT" = "full" ]; then model_args=(--base-model "$MERGED"); else model_args=(--base-model "$MODEL" --adapter "$MERGED"); fi
 echo "[merge_and_test] predicting $TEST_FILE -> $PRED ($MODE)"
 # shellcheck disable=SC2086
-"$PYTHON" -m inference.generate --test-file "$TEST_FILE" "${model_args[@]}" \
-  --out "$PRED" --mode "$MODE" --batch-size "$BATCH_SIZE" $INFER_EXTRA
+"$INFER_PYTHON" -m inference.generate --test-file "$TEST_FILE" "${model_args[@]}" \
+  --out "$PRED" --mode "$MODE" --batch-size "$BATCH_SIZE" --backend "$BACKEND" $INFER_EXTRA
 echo "[merge_and_test] next: TARGET=$TARGET PREDICTIONS=$PRED bash scripts/metric.sh"
