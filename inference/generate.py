@@ -23,7 +23,6 @@ from common.cli import UserError, run_main
 from common.io import read_jsonl
 from common.prompt import TOP_K, parse_user_prompt, sample_parts, split_titles
 from inference import jobs as joblist
-from inference.resume import ResumableOutput
 
 DEFAULT_BATCH_SIZE = 32
 CHUNK_BATCHES = 8  # examples handed to the runner at once, in batches: the unit of saved progress

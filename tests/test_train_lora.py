@@ -113,7 +113,7 @@ def test_console_is_short_and_llamafactory_output_goes_to_train_log(resumed):
 
 @pytest.mark.slow
 def test_finished_module_is_skipped_and_retrained_when_data_or_model_change(resumed, built_model, beauty_dir, tmp_path):
-    out, adapter = resumed["out"], resumed["out"] / "adapter_model.safetensors"
+    adapter = resumed["out"] / "adapter_model.safetensors"
     before = adapter.stat().st_mtime_ns
     again = run_train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=resumed["save"], EXTRA=EXTRA)
     assert again.returncode == 0 and "skipped: " in again.stdout and "up to date" in again.stdout
