@@ -10,7 +10,12 @@ import os
 from common.cli import UserError
 from common.io import read_jsonl
 from inference.records import prompt_ids
-from inference.resume import ResumableOutput, adapter_identity, file_sha256, model_identity
+from inference.resume import (
+    ResumableOutput,
+    adapter_identity,
+    file_sha256,
+    model_identity,
+)
 
 
 def shard_path(out, index, count):
@@ -36,8 +41,9 @@ class Job:
 
     def prepare(self, tokenizers):
         """Read the test file, check the folders, tokenize the prompts (a tokenizer per folder)."""
+        from common.folders import check_adapter_folder, check_model_folder
         from inference.generate import read_tests
-        from inference.loading import check_adapter_folder, check_model_folder, load_tokenizer
+        from inference.loading import load_tokenizer
 
         self.examples = read_tests(self.test_file, self.args.mode, self.args.limit)
         check_model_folder(self.base, "base model folder")

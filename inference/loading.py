@@ -5,12 +5,12 @@ weights in turn (`merge_and_unload`), so W' = W + sum_i (lora_alpha_i / r_i) * B
 case is one adapter (the output of merge/); a full merged model folder needs none.
 """
 
-import json
 import os
 
 import torch
 
 from common.cli import UserError
+from common.folders import check_adapter_folder, check_model_folder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,33 +29,6 @@ def resolve_dtype(name, device):
     if name == "auto":
         return "bfloat16" if device.startswith("cuda") else "float32"
     return name
-
-
-def check_model_folder(path, what="model folder"):
-    if not os.path.isdir(path):
-        raise UserError(f"{what} not found: {path}")
-    if os.path.isfile(os.path.join(path, "adapter_config.json")) and \
-            not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(f"{path} is a PEFT adapter, not a model: pass it with --adapter and its "
-                        "base model with --base-model")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(f"{path} has no config.json: not a Hugging Face model folder")
-
-
-def check_adapter_folder(path):
-    """The adapter's config as a dict; UserError if the folder is not a PEFT adapter."""
-    config = os.path.join(path, "adapter_config.json")
-    if not os.path.isdir(path):
-        raise UserError(f"adapter folder not found: {path}")
-    if not os.path.isfile(config):
-        raise UserError(f"{path} has no adapter_config.json: not a PEFT adapter folder")
-    if not any(n.startswith("adapter_model") for n in os.listdir(path)):
-        raise UserError(f"{path} has no adapter_model.safetensors")
-    with open(config, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{config}: not valid JSON ({err.msg})") from None
 
 
 def load_tokenizer(path):

@@ -17,7 +17,12 @@ from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
 from common.prompt import TOP_K
 from inference.constrained import CandidateConstraint, Tracker, mask_to
-from inference.records import constrained_record, decode_until_stop, free_record, stop_ids
+from inference.records import (
+    constrained_record,
+    decode_until_stop,
+    free_record,
+    stop_ids,
+)
 from inference.vllm_score import score_chunk
 
 CONSTRAINT_KEY = "weaverec_candidates"  # SamplingParams.extra_args: a candidate automaton (constrained)

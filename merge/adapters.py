@@ -7,7 +7,6 @@ linear layer `<module>`, `base_model.model.<module>.lora_A.weight` (r x in) and 
 for rsLoRA); `r` and `lora_alpha` may be overridden per module by rank_pattern / alpha_pattern.
 """
 
-import glob
 import math
 import os
 import re
@@ -19,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
 from common.cli import UserError
+from common.folders import adapter_files
 from common.io import read_json, write_json_atomic
 
 CONFIG_NAME = "adapter_config.json"
@@ -44,22 +44,6 @@ class Adapter:
     @property
     def dtype(self):
         return next(iter(self.factors.values()))[0].dtype
-
-
-def _adapter_files(path):
-    """(config path, weights path) of an adapter folder; a clear error when it is not one."""
-    if not os.path.isdir(path):
-        raise UserError(f"adapter folder not found: {path}")
-    config, weights = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
-    if not os.path.isfile(config):
-        ckpts = sorted(os.path.basename(p) for p in glob.glob(os.path.join(path, "checkpoint-*")))
-        hint = f" (it holds {', '.join(ckpts)}: pass one of them)" if ckpts else ""
-        raise UserError(f"{path} has no {CONFIG_NAME}{hint}")
-    if not os.path.isfile(weights):
-        found = " (adapter_model.bin is a pickle and is never loaded)" if os.path.isfile(
-            os.path.join(path, "adapter_model.bin")) else ""
-        raise UserError(f"{path} has no {WEIGHTS_NAME}{found}")
-    return config, weights
 
 
 def _check_config(path, config):
@@ -98,7 +82,7 @@ def read_safetensors(path):
 
 def load_adapter(path):
     """Read and validate one adapter folder: LoRA A/B weights only, finite, ranks matching config."""
-    config_path, weights = _adapter_files(path)
+    config_path, weights = adapter_files(path)
     config = read_json(config_path, "adapter config")
     _check_config(path, config)
     parts = {}

@@ -177,8 +177,8 @@ def peak_memory_mb(device):
 def load(args):
     """Adapters (checked against each other and the base), (training, held-out) prompts, the model:
     every check that can fail runs before the model's weights are loaded."""
+    from common.folders import check_model_folder
     from inference.loading import (
-        check_model_folder,
         load_model,
         load_tokenizer,
         resolve_device,

@@ -22,6 +22,7 @@ import sys
 
 from common.cli import UserError, run_main
 from common.dataset_info import FILE_NAME, load
+from common.folders import check_model_folder
 from models import train_run
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -44,11 +45,8 @@ def check_dataset(name, data_dir):
 
 
 def check_model(model):
-    """A local HF model folder (config.json + weights), as LLaMA-Factory loads with trust_remote_code off."""
-    if not os.path.isdir(model):
-        raise UserError(f"base model folder not found: {model} (build it with scripts/build_model.sh)")
-    if not os.path.isfile(os.path.join(model, "config.json")):
-        raise UserError(f"base model folder has no config.json: {model}")
+    """A local HF model folder, as LLaMA-Factory loads it with trust_remote_code off."""
+    check_model_folder(model, "base model folder", hint=" (build it with scripts/build_model.sh)")
 
 
 def check_file(path, what):
