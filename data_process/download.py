@@ -1,5 +1,9 @@
-"""Download the Amazon 2014 5-core review and metadata files: reads the public host (or a mirror
-folder / URL prefix), writes RAW_DIR/reviews_<Category>_5.json.gz and RAW_DIR/meta_<Category>.json.gz.
+"""Download Amazon 5-core review and metadata files: reads the public host (or a mirror folder / URL
+prefix), writes RAW_DIR/reviews_<Category>_5.json.gz + meta_<Category>.json.gz (2014 release) or
+RAW_DIR/<Category>_5.json.gz + meta_<Category>.json.gz (2018 release).
+
+Any category of either release (common/domains.py) by category or short name; `--release auto` takes
+the 2014 files of a category that has them (the paper's release) and the 2018 files otherwise.
 
 A file is first written to `<name>.part`, resumed with an HTTP Range request after a dropped
 connection, verified by reading the gzip to its end, and only then renamed into place. A file
@@ -18,11 +22,15 @@ from urllib.request import Request, urlopen
 from tqdm import tqdm
 
 from common.cli import UserError, run_main
-from common.domains import PAPER_DOMAINS, category
+from common.domains import PAPER_DOMAINS, RELEASES, category, release_files
 
-# the UCSD McAuley lab's 2014 release ("per-category files")
-DEFAULT_BASE_URL = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
-FILE_PATTERNS = ("reviews_{}_5.json.gz", "meta_{}.json.gz")
+# the McAuley lab's hosts: release -> (URL prefix of the review files, of the meta files)
+HOSTS = {
+    "2014": ("http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/",) * 2,
+    "2018": ("https://jmcauley.ucsd.edu/data/amazon_v2/categoryFilesSmall/",
+             "https://jmcauley.ucsd.edu/data/amazon_v2/metaFiles2/"),
+}
+DEFAULT_BASE_URL = HOSTS["2014"][0]
 CHUNK = 1 << 20
 DROPS = (http.client.HTTPException, ConnectionError, TimeoutError, OSError)
 
@@ -124,9 +132,9 @@ def _copy_or_fetch(name, source, part, timeout, retries):
 
 
 def resolve_source(mirror):
-    """A local folder or an http(s) URL prefix; UserError for anything else."""
+    """A local folder or an http(s) URL prefix (None: the public hosts); UserError for anything else."""
     if not mirror:
-        return DEFAULT_BASE_URL
+        return None
     mirror = mirror.removeprefix("file://")
     if os.path.isdir(mirror) or mirror.startswith(("http://", "https://")):
         return mirror
@@ -138,19 +146,32 @@ def main(argv=None):
     p.add_argument("--raw-dir", required=True)
     p.add_argument("--domains", nargs="+", default=PAPER_DOMAINS,
                    help="short names or categories (default: the paper's four)")
-    p.add_argument("--mirror", default="", help=f"folder or URL prefix to use instead of {DEFAULT_BASE_URL}")
+    p.add_argument("--release", choices=("auto", *RELEASES), default="auto",
+                   help="auto: 2014 where the category has it, else 2018")
+    p.add_argument("--mirror", default="", help="folder or URL prefix holding the same file names, used "
+                                               "instead of the public hosts")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
     p.add_argument("--retries", type=int, default=3, help="resumptions after a dropped connection")
     args = p.parse_args(argv)
-    categories = [category(d) for d in args.domains]
-    source = resolve_source(args.mirror)
+    plans = [files_to_get(category(d), args.release) for d in args.domains]
+    mirror = resolve_source(args.mirror)
     os.makedirs(args.raw_dir, exist_ok=True)
-    for cat in categories:
-        for pattern in FILE_PATTERNS:
-            name = pattern.format(cat)
-            result = get_file(name, args.raw_dir, source, args.timeout, args.retries)
-            print(f"{result}: {os.path.join(args.raw_dir, name)}")
+    for release, names in plans:
+        for name, host in zip(names, HOSTS[release]):
+            result = get_file(name, args.raw_dir, mirror or host, args.timeout, args.retries)
+            print(f"{result}: {os.path.join(args.raw_dir, name)} ({release} release)")
     return 0
+
+
+def files_to_get(cat, release):
+    """(release, [reviews file name, meta file name]) of a category; UserError if it has no such release."""
+    options = release_files(cat)
+    if release != "auto":
+        options = [o for o in options if o[0] == release]
+    if not options:
+        have = ", ".join(r for r, *_ in release_files(cat)) or "none"
+        raise UserError(f"{cat} has no {release} release files to download (releases: {have})")
+    return options[0][0], list(options[0][1:])
 
 
 if __name__ == "__main__":

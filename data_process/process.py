@@ -147,7 +147,7 @@ def write_outputs(args, domain, user_names, seqs, builder):
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
-    cat = category(args.domain)
+    cat = category(args.domain, args.raw_dir)
     domain = short_name(cat)
     seqs_by_user, item_asins, titles, stats = load(args, cat)
     user_names, seqs = list(seqs_by_user), list(seqs_by_user.values())

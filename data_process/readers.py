@@ -21,22 +21,20 @@ import sys
 import zlib
 
 from common.cli import UserError
-
-REVIEW_PATTERNS = ("reviews_{}_5.json.gz", "{}_5.json.gz")  # 2014 layout first, then 2018
-META_PATTERN = "meta_{}.json.gz"
+from common.domains import RELEASES, release_files
 # cheap look at a meta line's asin, so lines of items outside the review file are never parsed
 ASIN_RE = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"\\]+)['"]""")
 
 
 def raw_files(raw_dir, category):
-    """(reviews path, meta path) of a category in either layout; UserError if one is missing."""
-    names = [p.format(category) for p in REVIEW_PATTERNS]
-    reviews = next((os.path.join(raw_dir, n) for n in names
-                    if os.path.isfile(os.path.join(raw_dir, n))), None)
-    if reviews is None:
-        raise UserError(f"no review file for {category} in {raw_dir} (expected {names[0]} or "
-                        f"{names[1]}; run data_process.download)")
-    meta = os.path.join(raw_dir, META_PATTERN.format(category))
+    """(reviews path, meta path) of a category in either layout (2014 first); UserError if one is missing."""
+    found = release_files(category, raw_dir)
+    if not found:
+        names = " or ".join(reviews.format(category) for _, reviews, _ in RELEASES.values())
+        raise UserError(f"no review file for {category} in {raw_dir} (expected {names}; "
+                        "run data_process.download)")
+    _, reviews, meta = found[0]
+    reviews, meta = os.path.join(raw_dir, reviews), os.path.join(raw_dir, meta)
     if not os.path.isfile(meta):
         raise UserError(f"no metadata file {meta} (run data_process.download)")
     return reviews, meta

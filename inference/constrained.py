@@ -9,8 +9,6 @@ not a guess at where titles end. The text written is the chosen titles joined by
 parse, so it is exact even if the tokenizer normalises or merges across title boundaries.
 """
 
-import torch
-
 from common.prompt import SEP, TOP_K
 
 DONE = -1  # node id of a finished parse
@@ -54,20 +52,35 @@ class CandidateConstraint:
     def __init__(self, candidates, tokenizer, eos_id, k=TOP_K, cache=None):
         """cache: optional dict title -> (tokens of title + "||", tokens of title), shared between
         prompts (test users' candidates come from one item pool), filled here."""
-        self.titles = unique_titles(candidates)
-        if not self.titles:
+        titles = unique_titles(candidates)
+        if not titles:
             raise ValueError("a prompt has no candidate titles")
-        self.k = min(k, len(self.titles))
         cache = {} if cache is None else cache
-        new = [t for t in self.titles if t not in cache]
+        new = [t for t in titles if t not in cache]
         if new:
             ids = tokenizer([t + SEP for t in new] + new, add_special_tokens=False)["input_ids"]
             cache.update(zip(new, zip(ids[:len(new)], ids[len(new):])))
-        mid, last = [cache[t][0] for t in self.titles], [cache[t][1] for t in self.titles]
-        self.tries = (Trie(mid), Trie(last))
+        self._build(titles, [cache[t][0] for t in titles], [cache[t][1] for t in titles], eos_id, k)
+
+    @classmethod
+    def from_tokens(cls, mid, last, eos_id, k=TOP_K):
+        """The automaton from token lists alone (u(c) and v(c) per candidate): what vLLM's engine
+        process receives, without a tokenizer. Titles are reported by index."""
+        self = cls.__new__(cls)
+        self._build(list(range(len(mid))), mid, last, eos_id, k)
+        return self
+
+    def spec(self):
+        """The arguments of from_tokens, as plain lists (they travel to vLLM's engine process)."""
+        return {"mid": self.mid, "last": self.last, "eos": self.eos, "k": self.k}
+
+    def _build(self, titles, mid, last, eos_id, k):
+        self.titles, self.mid, self.last = titles, [list(m) for m in mid], [list(v) for v in last]
+        self.k = min(k, len(titles))
+        self.tries = (Trie(self.mid), Trie(self.last))
         self.eos = eos_id
-        longest_mid = sorted((len(m) for m in mid), reverse=True)[:self.k - 1]
-        self.max_tokens = sum(longest_mid) + max(len(v) for v in last) + 1
+        longest_mid = sorted((len(m) for m in self.mid), reverse=True)[:self.k - 1]
+        self.max_tokens = sum(longest_mid) + max(len(v) for v in self.last) + 1
 
     def start(self):
         return [((), 0)]
@@ -115,38 +128,42 @@ class CandidateConstraint:
                 return [self.titles[c] for c in chosen]
         return None
 
+    def parse(self, tokens):
+        """The chosen titles after `tokens` (generated ids, stop token included), or None."""
+        states = self.start()
+        for token in tokens:
+            states = self.advance(states, token)
+            if not states:
+                return None
+        return self.result(states)
 
-class CandidateMask:
-    """The constraints of a batch, one per row (no beams), for `inference.decoding.Decoder`."""
 
-    def __init__(self, constraints):
-        self.constraints = constraints
-        self.states = [c.start() for c in constraints]
+class Tracker:
+    """One row's automaton as decoding goes: told the generated tokens so far, it returns the allowed
+    next tokens. Used by both backends' logits processors."""
 
-    def choose(self, rows, hidden, head):
-        """The greedy token of each batch row `rows`, among the tokens some live parse allows.
+    def __init__(self, constraint):
+        self.constraint = constraint
+        self.states = constraint.start()
+        self.seen = 0
 
-        hidden: the last hidden states (len(rows), hidden size); head: the output embedding layer.
-        Only the allowed tokens' logits are computed (a few, against the whole vocabulary).
-        """
-        allowed = []
-        for row in rows:
-            tokens = self.constraints[row].allowed(self.states[row])
-            if not tokens:
-                raise RuntimeError(f"constrained decoding reached a dead end in row {row}")
-            allowed.append(tokens)
-        width = max(map(len, allowed))
-        index = torch.tensor([a + a[-1:] * (width - len(a)) for a in allowed], device=hidden.device)
-        logits = torch.bmm(head.weight[index], hidden[:, :, None]).squeeze(2)
-        if getattr(head, "bias", None) is not None:
-            logits = logits + head.bias[index]
-        best = logits.float().max(dim=-1).indices  # padding repeats a token: either copy gives it
-        return index.gather(1, best[:, None]).squeeze(1)
+    def allowed(self, generated):
+        """Allowed next token ids, given every token generated so far (a list, read from `seen` on)."""
+        for token in generated[self.seen:]:
+            self.states = self.constraint.advance(self.states, token)
+        self.seen = len(generated)
+        tokens = self.constraint.allowed(self.states)
+        if not tokens:
+            raise RuntimeError("constrained decoding reached a dead end")
+        return tokens
 
-    def advance(self, rows, tokens):
-        for row, token in zip(rows, tokens):
-            self.states[row] = self.constraints[row].advance(self.states[row], token)
 
-    def results(self):
-        """Titles per row (None for a row that did not finish)."""
-        return [c.result(s) for c, s in zip(self.constraints, self.states)]
+def mask_to(logits, allowed):
+    """A copy of one row of logits with every token outside `allowed` at -inf (ties keep the argmax of
+    the allowed tokens, as masking does)."""
+    import torch
+
+    out = torch.full_like(logits, float("-inf"))
+    index = torch.tensor(allowed, device=logits.device)
+    out[index] = logits[index]
+    return out

@@ -1,80 +1,113 @@
-"""The transformers backend: one call turns a batch of test examples into output records.
+"""The transformers backend, the reference: one call turns a chunk of test examples into output records.
 
-Greedy decoding (or sampling at --temperature) through `inference.decoding.Decoder`; the model's own
-generation defaults (e.g. Qwen2-Instruct's temperature 0.7 and repetition penalty) are not applied.
-Decoding stops at the tokenizer's eos and pad tokens.
+free and constrained decode with transformers' `generate` (greedy, or sampling at --temperature), in
+batches of `batch_size` prompts of similar length, left-padded; constrained masks the logits to the
+tokens the candidate automaton allows (`CandidateLogits`, a transformers LogitsProcessor). The model's
+own generation defaults (e.g. Qwen2-Instruct's temperature 0.7 and repetition penalty) are not applied.
+score ranks the candidates by likelihood (inference/scoring.py).
 """
 
 import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from common.prompt import SEP, TOP_K
-from inference.constrained import CandidateConstraint, CandidateMask, unique_titles
-from inference.decoding import Decoder
-from inference.scoring import rank, score_candidates
+from common.prompt import TOP_K
+from inference.constrained import CandidateConstraint, Tracker, mask_to
+from inference.records import (
+    candidate_tokens,
+    constrained_record,
+    decode_until_stop,
+    free_record,
+    NEEDS_NEUTRAL,
+    neutral_prompt_ids,
+    score_record,
+    score_titles,
+    stop_ids,
+)
+from inference.scoring import pad_left, score_candidates
+
+
+class CandidateLogits(LogitsProcessor):
+    """Row i of the batch may only continue with a token its automaton allows."""
+
+    def __init__(self, constraints, prompt_width):
+        self.trackers = [Tracker(c) for c in constraints]
+        self.prompt_width = prompt_width  # left-padded prompts: generated tokens start here
+
+    def __call__(self, input_ids, scores):
+        generated = input_ids[:, self.prompt_width:].tolist()
+        for row, tracker in enumerate(self.trackers):
+            scores[row] = mask_to(scores[row], tracker.allowed(generated[row]))
+        return scores
 
 
 class HFRunner:
     def __init__(self, model, tokenizer, mode="free", max_new_tokens=128, score_norm="sum",
                  temperature=0.0, seed=0, batch_size=32):
         self.model = model
-        self.batch_size = batch_size  # rows decoded at once; a call may bring more examples
         self.tok = tokenizer
         self.mode = mode
         self.max_new_tokens = max_new_tokens
         self.score_norm = score_norm
         self.temperature = temperature
         self.seed = seed
-        self.stop_ids = sorted({tokenizer.eos_token_id, tokenizer.pad_token_id} - {None})
-        self.decoder = Decoder(model, self.stop_ids, temperature)
+        self.batch_size = batch_size  # prompts generated at once; a call may bring more examples
+        self.stop_ids = stop_ids(tokenizer)
         self.title_tokens = {}  # constrained mode: candidate title -> its tokens, for every prompt
 
-    def prompt_ids(self, system, user):
-        """Chat template over [system, user] with the generation prompt."""
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-
-    def __call__(self, batch):
-        """batch: dicts with "id", "prompt_ids" and (constrained, score) "candidates"; any number of
-        them (generation keeps `batch_size` rows going, a finished row taking the next example)."""
+    def __call__(self, chunk):
+        """chunk: dicts with "id", "prompt_ids" and (constrained, score) "candidates", sorted by length."""
         if self.mode == "score":
-            return self._score(batch)
-        if self.mode == "constrained":
-            return self._constrained(batch)
-        return self._free(batch)
+            return self._score(chunk)
+        step = self.batch_size
+        out = []
+        for i in range(0, len(chunk), step):
+            batch = chunk[i:i + step]
+            out += self._constrained(batch) if self.mode == "constrained" else self._free(batch)
+        return out
 
-    def _generate(self, batch, max_new_tokens, constraint=None):
-        """Generated token ids per example (its stop token, if reached, last)."""
-        generator = None
-        if self.temperature > 0:  # seeded per call, so a resumed run samples what the first run would have
-            generator = torch.Generator(self.model.device).manual_seed(self.seed * 1_000_003 + batch[0]["id"])
-        return self.decoder([ex["prompt_ids"] for ex in batch], max_new_tokens, constraint, generator,
-                            self.batch_size)
+    def _generate(self, batch, max_new_tokens, processor_of=None):
+        """Generated token ids per example (after the prompt, stop token included, padding removed)."""
+        ids, mask = pad_left([ex["prompt_ids"] for ex in batch], self.tok.pad_token_id)
+        sample = self.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=sample, num_beams=1,
+            temperature=self.temperature if sample else None, top_p=None, top_k=None,
+            eos_token_id=self.stop_ids, pad_token_id=self.tok.pad_token_id)
+        processors = LogitsProcessorList([processor_of(ids.shape[1])] if processor_of else [])
+        if sample:  # seeded per batch, so a resumed run samples what the first run would have
+            torch.manual_seed(self.seed * 1_000_003 + batch[0]["id"])
+        with torch.no_grad():
+            out = self.model.generate(input_ids=ids.to(self.model.device),
+                                      attention_mask=mask.to(self.model.device),
+                                      generation_config=config, logits_processor=processors)
+        stops = set(self.stop_ids)
+        gens = []
+        for row in out[:, ids.shape[1]:].tolist():
+            end = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
+            gens.append(row[:end])
+        return gens
 
     def _free(self, batch):
-        gen = self._generate(batch, self.max_new_tokens)
-        texts = self.tok.batch_decode(gen, skip_special_tokens=True)
-        return [{"id": ex["id"], "output": t.strip()} for ex, t in zip(batch, texts)]
+        gens = self._generate(batch, self.max_new_tokens)
+        return [free_record(ex, decode_until_stop(self.tok, g, self.stop_ids)) for ex, g in zip(batch, gens)]
+
+    def constraints(self, batch):
+        return [CandidateConstraint(ex["candidates"], self.tok, self.tok.eos_token_id, TOP_K,
+                                    self.title_tokens) for ex in batch]
 
     def _constrained(self, batch):
-        eos = self.tok.eos_token_id
-        constraints = [CandidateConstraint(ex["candidates"], self.tok, eos, TOP_K, self.title_tokens)
-                       for ex in batch]
-        constraint = CandidateMask(constraints)
-        self._generate(batch, max(c.max_tokens for c in constraints), constraint)
-        out = []
-        for ex, titles in zip(batch, constraint.results()):
-            if titles is None:
-                raise RuntimeError(f"constrained decoding did not finish for test line {ex['id']}")
-            out.append({"id": ex["id"], "output": SEP.join(titles)})
-        return out
+        constraints = self.constraints(batch)
+        gens = self._generate(batch, max(c.max_tokens for c in constraints),
+                              lambda width: CandidateLogits(constraints, width))
+        return [constrained_record(ex, c.parse(g)) for ex, c, g in zip(batch, constraints, gens)]
 
-    def _score(self, batch):
-        titles = [unique_titles(ex["candidates"]) for ex in batch]
-        scores = score_candidates(self.model, self.tok, [ex["prompt_ids"] for ex in batch], titles,
-                                  self.score_norm)
-        out = []
-        for ex, t, s in zip(batch, titles, scores):
-            ranking, ordered = rank(t, s)
-            out.append({"id": ex["id"], "output": SEP.join(ranking[:TOP_K]), "ranking": ranking,
-                        "scores": [round(x, 6) for x in ordered]})
-        return out
+    def _score(self, chunk):
+        titles = [score_titles(ex) for ex in chunk]
+        conts = [[candidate_tokens(self.tok, t) for t in ts] for ts in titles]
+        sums = score_candidates(self.model, [ex["prompt_ids"] for ex in chunk], conts)
+        neutral = [None] * len(chunk)
+        if self.score_norm in NEEDS_NEUTRAL:
+            neutral = score_candidates(self.model, [neutral_prompt_ids(self.tok, ex["prompt_ids"]) for ex in chunk],
+                                       conts)
+        return [score_record(ex, t, s, self.score_norm, [len(c) for c in cs], s0)
+                for ex, t, s, cs, s0 in zip(chunk, titles, sums, conts, neutral)]

@@ -5,12 +5,12 @@ weights in turn (`merge_and_unload`), so W' = W + sum_i (lora_alpha_i / r_i) * B
 case is one adapter (the output of merge/); a full merged model folder needs none.
 """
 
-import json
 import os
 
 import torch
 
 from common.cli import UserError
+from common.folders import check_adapter_folder, check_model_folder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,33 +29,6 @@ def resolve_dtype(name, device):
     if name == "auto":
         return "bfloat16" if device.startswith("cuda") else "float32"
     return name
-
-
-def check_model_folder(path, what="model folder"):
-    if not os.path.isdir(path):
-        raise UserError(f"{what} not found: {path}")
-    if os.path.isfile(os.path.join(path, "adapter_config.json")) and \
-            not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(f"{path} is a PEFT adapter, not a model: pass it with --adapter and its "
-                        "base model with --base-model")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(f"{path} has no config.json: not a Hugging Face model folder")
-
-
-def check_adapter_folder(path):
-    """The adapter's config as a dict; UserError if the folder is not a PEFT adapter."""
-    config = os.path.join(path, "adapter_config.json")
-    if not os.path.isdir(path):
-        raise UserError(f"adapter folder not found: {path}")
-    if not os.path.isfile(config):
-        raise UserError(f"{path} has no adapter_config.json: not a PEFT adapter folder")
-    if not any(n.startswith("adapter_model") for n in os.listdir(path)):
-        raise UserError(f"{path} has no adapter_model.safetensors")
-    with open(config, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{config}: not valid JSON ({err.msg})") from None
 
 
 def load_tokenizer(path):
@@ -97,15 +70,74 @@ def load_model(base, adapters=(), device="cpu", dtype="float32", tokenizer=None)
     from transformers import AutoModelForCausalLM
 
     check_model_folder(base, "base model folder")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # transformers 5 draws one per load and save
+    # transformers 5 names the argument dtype (torch_dtype is deprecated there, unknown before 4.56)
+    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            base, torch_dtype=DTYPES[dtype], trust_remote_code=False, low_cpu_mem_usage=True)
+            base, trust_remote_code=False, low_cpu_mem_usage=True, **{key: DTYPES[dtype]})
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load a model from {base}: {str(err).splitlines()[0]}") from None
     model.to(device)
+    # the model's own generation defaults (Qwen2-Instruct: sampling, repetition penalty 1.05) are not
+    # applied: transformers merges them into any GenerationConfig passed to generate
+    from transformers import GenerationConfig
+    model.generation_config = GenerationConfig()
     for path in adapters:
         model = apply_adapter(model, path)
     if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
                         f"{model.get_input_embeddings().weight.shape[0]}: they do not belong together")
     return model.eval()
+
+
+def _tensor_shapes(files):
+    """name -> shape of every tensor in safetensors files, read from their headers only."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                shapes[name] = tuple(f.get_slice(name).get_shape())
+    return shapes
+
+
+def _lora_shapes(adapter):
+    path = os.path.join(adapter, "adapter_model.safetensors")
+    if not os.path.isfile(path):
+        raise UserError(f"{adapter} has no adapter_model.safetensors")
+    try:
+        return _tensor_shapes([path])
+    except Exception as err:  # a damaged header: safetensors raises its own error types
+        raise UserError(f"{path} cannot be read: {str(err).splitlines()[0]}") from None
+
+
+def adapter_rank(adapter):
+    """The largest LoRA rank in an adapter, read from its lora_A weights (rank_pattern included)."""
+    check_adapter_folder(adapter)
+    ranks = [shape[0] for name, shape in _lora_shapes(adapter).items() if ".lora_A." in name]
+    if not ranks:
+        raise UserError(f"{adapter} holds no lora_A weights: not a LoRA adapter")
+    return max(ranks)
+
+
+def check_adapter_matches(adapter, base):
+    """UserError unless every LoRA module of `adapter` names a weight of `base` with matching shapes
+    (B @ A has the weight's shape). Reads file headers only."""
+    files = [os.path.join(base, n) for n in sorted(os.listdir(base)) if n.endswith(".safetensors")]
+    if not files:
+        return  # no safetensors weights to compare with (the engine checks them when loading)
+    weights, lora = _tensor_shapes(files), _lora_shapes(adapter)
+    for name, shape in lora.items():
+        if ".lora_A." not in name:
+            continue
+        module = name.split(".lora_A.")[0].removeprefix("base_model.model.")
+        b_shape = lora.get(name.replace(".lora_A.", ".lora_B."))
+        target = weights.get(module + ".weight")
+        if target is None or b_shape is None or (b_shape[0], shape[1]) != target:
+            found = "no such weight" if target is None else f"weight {tuple(target)}"
+            raise UserError(f"adapter {adapter} does not match the base model {base}: {module} "
+                            f"(lora_A {shape}, lora_B {b_shape}; base: {found})")

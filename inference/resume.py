@@ -69,14 +69,16 @@ def describe_difference(old, new):
 
 
 class ResumableOutput:
-    """Predictions for ids 0..n-1, kept in `<out>.progress` until all are done, then `<out>`."""
+    """Predictions for ids 0..n-1 (or the given `ids`: a data-parallel worker's part), kept in
+    `<out>.progress` until all are done, then `<out>`."""
 
-    def __init__(self, out, fingerprint, n):
+    def __init__(self, out, fingerprint, n, ids=None):
         self.out = out
         self.run_path = out + ".run.json"
         self.progress_path = out + ".progress"
         self.fingerprint = fingerprint
         self.n = n
+        self.ids = sorted(range(n) if ids is None else ids)
         self.done = {}
 
     def _read_run(self):
@@ -124,6 +126,8 @@ class ResumableOutput:
             if isinstance(record, dict) and isinstance(record.get("id"), int) and \
                     0 <= record["id"] < self.n:
                 self.done.setdefault(record["id"], record)
+        wanted = set(self.ids)
+        self.done = {i: r for i, r in self.done.items() if i in wanted}
 
     @staticmethod
     def _remove(path):
@@ -144,9 +148,10 @@ class ResumableOutput:
 
     def finish(self):
         """Write `<out>` atomically in id order once every id is done; remove the progress file."""
-        missing = [i for i in range(self.n) if i not in self.done]
+        missing = [i for i in self.ids if i not in self.done]
         if missing:
             raise RuntimeError(f"{len(missing)} predictions missing, first id {missing[0]}")
-        write_jsonl_atomic(self.out, [self.done[i] for i in range(self.n)])
+        records = [self.done[i] for i in self.ids]
+        write_jsonl_atomic(self.out, records)
         self._remove(self.progress_path)
-        return [self.done[i] for i in range(self.n)]
+        return records

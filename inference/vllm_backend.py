@@ -1,95 +1,94 @@
-"""The vLLM backend (GPU): same examples in, same records out as inference.hf_backend.
+"""The vLLM backend: the same examples in, the same records out as inference.hf_backend.
 
-The base model (or a full merged model) is loaded by vLLM; one adapter is served as a LoRARequest
-(several adapters: merge them first with merge/merge_lora.py). Modes: `free` (greedy generation)
-and `score` (each prompt + candidate is one request with prompt log-probs; prefix caching computes
-the shared prompt once). `constrained` needs a per-request logits processor, which vLLM's V1 engine
-does not offer: use --backend hf for it.
+- free: greedy (or sampled) generation; the text is decoded from the token ids as the HF backend does;
+- constrained: `CandidateProcessor`, a vLLM logits processor (vllm/v1/sample/logits_processor), masks
+  each request's logits to what its candidate automaton allows; the automaton's token lists travel with
+  the request in SamplingParams.extra_args, so the engine process needs no tokenizer;
+- score: one request per candidate, forced to produce its tokens, their log-probs summed
+  (inference/vllm_score.py).
+
+Adapters (inference/vllm_engine.py) are LoRA requests, or merged into the weights the engine serves.
+Every chunk starts from an empty prefix cache, so a chunk is computed the same way whatever ran before
+it (a resumed run, or one data-parallel worker, writes the bytes an uninterrupted run writes).
 """
 
-from common.cli import UserError
-from common.prompt import SEP, TOP_K
-from inference.constrained import unique_titles
-from inference.loading import check_adapter_folder, check_model_folder
-from inference.scoring import candidate_tokens, rank
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
+
+from common.prompt import TOP_K
+from inference.constrained import CandidateConstraint, Tracker, mask_to
+from inference.records import (
+    constrained_record,
+    decode_until_stop,
+    free_record,
+    stop_ids,
+)
+from inference.vllm_score import score_chunk
+
+CONSTRAINT_KEY = "weaverec_candidates"  # SamplingParams.extra_args: a candidate automaton (constrained)
+FORCED_KEY = "weaverec_forced"  # extra_args: the exact tokens to produce (score, inference/vllm_score.py)
 
 
-def import_vllm():
-    try:
-        import vllm
-    except ImportError:
-        raise UserError("--backend vllm needs the vllm package (pip install vllm, on a CUDA "
-                        "machine); without it use --backend hf") from None
-    return vllm
+class CandidateProcessor(AdapterLogitsProcessor):
+    """Per-request logits masks inside vLLM's engine: a request whose extra_args hold a candidate
+    automaton may only continue with a token the automaton allows; one with forced tokens produces them."""
 
+    def is_argmax_invariant(self):
+        return False  # it changes the greedy choice
 
-def lora_rank_limit(r):
-    """vLLM's max_lora_rank must be one of its supported sizes: the next power of two from 8."""
-    size = 8
-    while size < r:
-        size *= 2
-    return size
+    def new_req_logits_processor(self, params):
+        extra = params.extra_args or {}
+        if FORCED_KEY in extra:
+            forced = extra[FORCED_KEY]
+            return lambda output_ids, logits: mask_to(logits, forced[len(output_ids):len(output_ids) + 1])
+        spec = extra.get(CONSTRAINT_KEY)
+        if spec is None:
+            return None
+        tracker = Tracker(CandidateConstraint.from_tokens(spec["mid"], spec["last"], spec["eos"], spec["k"]))
+        return lambda output_ids, logits: mask_to(logits, tracker.allowed(output_ids))
 
 
 class VLLMRunner:
-    def __init__(self, base, adapters, tokenizer, tokenizer_path, mode="free", max_new_tokens=128, dtype="bfloat16",
-                 tensor_parallel_size=1, score_norm="sum", temperature=0.0, seed=0):
-        vllm = import_vllm()
-        from vllm.lora.request import LoRARequest
+    """runner(chunk) -> records, on an engine (inference.vllm_engine.Engine) serving one model."""
 
-        if mode == "constrained":
-            raise UserError("--mode constrained is not available with --backend vllm; use --backend hf")
-        if len(adapters) > 1:
-            raise UserError("vLLM serves one LoRA adapter: merge the adapters first "
-                            "(python -m merge.merge_lora), then pass the merged one")
-        check_model_folder(base, "base model folder")
-        kwargs = {"model": base, "tokenizer": tokenizer_path, "dtype": dtype, "seed": seed,
-                  "trust_remote_code": False, "tensor_parallel_size": tensor_parallel_size,
-                  "enable_prefix_caching": True}
-        self.lora = None
-        if adapters:
-            config = check_adapter_folder(adapters[0])
-            kwargs.update(enable_lora=True, max_lora_rank=lora_rank_limit(int(config.get("r", 8))))
-            self.lora = LoRARequest("adapter", 1, adapters[0])
-        self.llm = vllm.LLM(**kwargs)
+    def __init__(self, engine, tokenizer, mode="free", max_new_tokens=128, score_norm="sum",
+                 temperature=0.0, seed=0, lora=None):
+        self.engine = engine
         self.tok = tokenizer
         self.mode = mode
+        self.max_new_tokens = max_new_tokens
         self.score_norm = score_norm
-        stop = sorted({tokenizer.eos_token_id, tokenizer.pad_token_id} - {None})
-        self.params = vllm.SamplingParams(temperature=temperature, max_tokens=max_new_tokens,
-                                          stop_token_ids=stop, seed=seed)
-        self.score_params = vllm.SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0)
+        self.temperature = temperature
+        self.seed = seed
+        self.lora = lora  # a LoRARequest, or None for the model as loaded
+        self.stop_ids = stop_ids(tokenizer)
+        self.title_tokens = {}
 
-    def prompt_ids(self, system, user):
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    def __call__(self, chunk):
+        self.engine.llm.reset_prefix_cache()
+        if self.mode == "score":
+            return score_chunk(self.engine.llm, self.tok, chunk, self.lora, self.score_norm)
+        if self.mode == "constrained":
+            return self._constrained(chunk)
+        return self._free(chunk)
 
-    def __call__(self, batch):
-        return self._score(batch) if self.mode == "score" else self._free(batch)
+    def _generate(self, chunk, params):
+        requests = [{"prompt_token_ids": ex["prompt_ids"]} for ex in chunk]
+        outs = self.engine.llm.generate(requests, params, lora_request=self.lora, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
 
-    def _free(self, batch):
-        requests = [{"prompt_token_ids": ex["prompt_ids"]} for ex in batch]
-        outs = self.llm.generate(requests, self.params, lora_request=self.lora, use_tqdm=False)
-        return [{"id": ex["id"], "output": o.outputs[0].text.strip()} for ex, o in zip(batch, outs)]
+    def _free(self, chunk):
+        params = SamplingParams(temperature=self.temperature, max_tokens=self.max_new_tokens,
+                                stop_token_ids=self.stop_ids, seed=self.seed, detokenize=False)
+        gens = self._generate(chunk, [params.clone() for _ in chunk])
+        return [free_record(ex, decode_until_stop(self.tok, g, self.stop_ids)) for ex, g in zip(chunk, gens)]
 
-    def _score(self, batch):
-        titles = [unique_titles(ex["candidates"]) for ex in batch]
-        requests, spans = [], []
-        for ex, ts in zip(batch, titles):
-            for t in ts:
-                cont = candidate_tokens(self.tok, t)
-                requests.append({"prompt_token_ids": ex["prompt_ids"] + cont})
-                spans.append(cont)
-        outs = self.llm.generate(requests, self.score_params, lora_request=self.lora, use_tqdm=False)
-        scores = []
-        for o, cont in zip(outs, spans):
-            tail = o.prompt_logprobs[-len(cont):]
-            total = sum(pos[tok].logprob for pos, tok in zip(tail, cont))
-            scores.append(total / len(cont) if self.score_norm == "mean" else total)
-        records, i = [], 0
-        for ex, ts in zip(batch, titles):
-            ranking, ordered = rank(ts, scores[i:i + len(ts)])
-            i += len(ts)
-            records.append({"id": ex["id"], "output": SEP.join(ranking[:TOP_K]), "ranking": ranking,
-                            "scores": [round(x, 6) for x in ordered]})
-        return records
+    def _constrained(self, chunk):
+        eos = self.tok.eos_token_id
+        constraints = [CandidateConstraint(ex["candidates"], self.tok, eos, TOP_K, self.title_tokens)
+                       for ex in chunk]
+        params = [SamplingParams(temperature=0.0, max_tokens=c.max_tokens, stop_token_ids=self.stop_ids,
+                                 detokenize=False, extra_args={CONSTRAINT_KEY: c.spec()})
+                  for c in constraints]
+        gens = self._generate(chunk, params)
+        return [constrained_record(ex, c.parse(g)) for ex, c, g in zip(chunk, constraints, gens)]

@@ -7,13 +7,10 @@ linear layer `<module>`, `base_model.model.<module>.lora_A.weight` (r x in) and 
 for rsLoRA); `r` and `lora_alpha` may be overridden per module by rank_pattern / alpha_pattern.
 """
 
-import contextlib
-import glob
 import math
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
 from common.cli import UserError
+from common.folders import adapter_files
 from common.io import read_json, write_json_atomic
 
 CONFIG_NAME = "adapter_config.json"
@@ -46,22 +44,6 @@ class Adapter:
     @property
     def dtype(self):
         return next(iter(self.factors.values()))[0].dtype
-
-
-def _adapter_files(path):
-    """(config path, weights path) of an adapter folder; a clear error when it is not one."""
-    if not os.path.isdir(path):
-        raise UserError(f"adapter folder not found: {path}")
-    config, weights = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
-    if not os.path.isfile(config):
-        ckpts = sorted(os.path.basename(p) for p in glob.glob(os.path.join(path, "checkpoint-*")))
-        hint = f" (it holds {', '.join(ckpts)}: pass one of them)" if ckpts else ""
-        raise UserError(f"{path} has no {CONFIG_NAME}{hint}")
-    if not os.path.isfile(weights):
-        found = " (adapter_model.bin is a pickle and is never loaded)" if os.path.isfile(
-            os.path.join(path, "adapter_model.bin")) else ""
-        raise UserError(f"{path} has no {WEIGHTS_NAME}{found}")
-    return config, weights
 
 
 def _check_config(path, config):
@@ -100,7 +82,7 @@ def read_safetensors(path):
 
 def load_adapter(path):
     """Read and validate one adapter folder: LoRA A/B weights only, finite, ranks matching config."""
-    config_path, weights = _adapter_files(path)
+    config_path, weights = adapter_files(path)
     config = read_json(config_path, "adapter config")
     _check_config(path, config)
     parts = {}
@@ -146,30 +128,9 @@ def output_dtype(adapters, requested="auto"):
     return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
 
-@contextlib.contextmanager
-def atomic_dir(path):
-    """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds.
-
-    An existing `path` is replaced only when it is empty or is itself a merge output (holds
-    merge_info.json), so a trained adapter folder is never overwritten by mistake.
-    """
-    path = os.path.abspath(path)
-    if os.path.exists(path) and (not os.path.isdir(path) or (
-            os.listdir(path) and not os.path.isfile(os.path.join(path, INFO_NAME)))):
-        raise UserError(f"output {path} exists and is not an earlier merge output; choose another --out")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        yield tmp
-        if os.path.exists(path):
-            old = tmp + ".old"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def is_merge_output(path):
+    """An empty folder or an earlier merge output (holds merge_info.json): safe to replace."""
+    return os.path.isdir(path) and (not os.listdir(path) or os.path.isfile(os.path.join(path, INFO_NAME)))
 
 
 def adapter_config(template, rank, base_model):

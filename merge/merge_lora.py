@@ -21,25 +21,26 @@ import torch
 from tqdm import tqdm
 
 from common.cli import UserError, run_main
-from common.io import read_json, write_json_atomic
+from common.io import atomic_dir, read_json, write_json_atomic
 from merge.adapters import (
     INFO_NAME,
     adapter_config,
-    atomic_dir,
     check_compatible,
     file_size,
+    is_merge_output,
     load_adapter,
     output_dtype,
     read_safetensors,
     save_adapter,
 )
 from merge.methods import (
-    COEFFICIENTS,
     MAJORITY_SIGN,
     METHODS,
     NORMALIZE,
-    POSITIVE_WEIGHTS,
+    check_weights,
     coefficients,
+    is_linear,
+    method_params,
     module_seed,
 )
 from merge.outputs import module_delta, stacked_factors, svd_factors, write_full_model
@@ -47,8 +48,23 @@ from merge.outputs import module_delta, stacked_factors, svd_factors, write_full
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+OPTION_PARAMS = ("normalize", "temperature", "scale", "density", "drop_rate", "majority_sign", "seed")
+
+
+def option(param):
+    return "--" + param.replace("_", "-")
+
+
+def method_help():
+    lines = ["methods (what each takes; every method also takes the raw weights w):"]
+    for name, m in sorted(METHODS.items()):
+        takes = ", ".join(option(p) for p in m.params) or "nothing more"
+        lines.append(f"  {name:16} {takes}; {m.paper}")
+    return "\n".join(lines)
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=method_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapters", nargs="+", required=True, help="adapter folders, target first")
     p.add_argument("--out", help="output folder (replaced only if empty or an earlier merge output)")
@@ -56,14 +72,22 @@ def parse_args(argv):
     p.add_argument("--weights", nargs="+", type=float, help="one raw weight per adapter (default all 1)")
     p.add_argument("--weights-file", help="per-module weights: .json or .safetensors (schema above)")
     p.add_argument("--write-weights-template", metavar="FILE", help="write a weights file of 1s and exit")
-    p.add_argument("--normalize", default="softmax", choices=NORMALIZE, help="weaverec: w -> lambda")
-    p.add_argument("--temperature", type=float, default=1.0, help="weaverec: T in softmax(w / T)")
-    p.add_argument("--scale", type=float, default=1.0, help="task_arithmetic/ties/dare/magnitude_prune")
-    p.add_argument("--density", type=float, help="ties/magnitude_prune: share of entries kept (0.5)")
-    p.add_argument("--drop-rate", type=float, default=0.5, help="dare_*: share of entries dropped")
-    p.add_argument("--majority-sign", default="total", choices=MAJORITY_SIGN, help="ties/dare_ties")
-    p.add_argument("--seed", type=int, default=0, help="dare_*: seed of the drop masks")
-    p.add_argument("--output", default="stacked", choices=("stacked", "svd", "full"))
+    # method parameters: None = not given (the method's default); one the method does not take is an error
+    p.add_argument("--normalize", choices=NORMALIZE, help="weaverec: w -> lambda (default softmax)")
+    p.add_argument("--temperature", type=float, help="weaverec: T in softmax(w / T) (default 1)")
+    p.add_argument("--scale", type=float, help="task_arithmetic, ties, dare_*, magnitude_prune: a factor "
+                                               "on the merged delta (default 1)")
+    p.add_argument("--density", type=float, help="ties, magnitude_prune: share of entries kept (0.5)")
+    p.add_argument("--drop-rate", type=float,
+                   help="dare_*: share of entries dropped, p in the DARE paper (0.5); PEFT's and mergekit's "
+                        "`density` for DARE is the share kept, 1 - p")
+    p.add_argument("--majority-sign", choices=MAJORITY_SIGN, help="ties, dare_ties (default total)")
+    p.add_argument("--seed", type=int, help="dare_*: seed of the drop masks (default 0)")
+    p.add_argument("--output", default="stacked", choices=("stacked", "svd", "full"),
+                   help="stacked: the exact merge as one PEFT adapter, A = [A_1; ...; A_N] and "
+                        "B = [c_1 s_1 B_1, ..., c_N s_N B_N] (PEFT's add_weighted_adapter "
+                        "combination_type='cat'; rank = sum of ranks; linear methods only); svd: a rank-R "
+                        "adapter (the best approximation); full: a merged model folder")
     p.add_argument("--rank", type=int, help="svd: rank of the merged adapter (default: largest input r)")
     p.add_argument("--base-model", help="base model folder; overrides adapter_config.json's path")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="output dtype (auto: as the inputs)")
@@ -80,20 +104,22 @@ def check_args(args):
         raise UserError("give --weights or --weights-file, not both")
     if args.weights is not None and len(args.weights) != len(args.adapters):
         raise UserError(f"--weights has {len(args.weights)} values for {len(args.adapters)} adapters")
-    if not args.temperature > 0 or not math.isfinite(args.temperature):
-        raise UserError(f"--temperature must be a positive number, got {args.temperature}")
-    if args.density is not None and args.method.startswith("dare"):
-        print(f"note: --density is not used by {args.method}: DARE keeps a 1 - --drop-rate share")
-    args.density = 0.5 if args.density is None else args.density
-    if not 0 < args.density <= 1:
-        raise UserError(f"--density must be in (0, 1], got {args.density}")
-    if not 0 <= args.drop_rate < 1:
-        raise UserError(f"--drop-rate must be in [0, 1), got {args.drop_rate}")
+    given = {k: getattr(args, k) for k in OPTION_PARAMS if getattr(args, k) is not None}
+    declared = METHODS[args.method].params
+    unknown = [k for k in given if k not in declared]
+    if unknown:
+        takes = ", ".join(option(k) for k in declared) or "none of the method options"
+        raise UserError(f"{option(unknown[0])} does not apply to --method {args.method} (it takes {takes})")
+    try:
+        args.params = method_params(args.method, given)
+    except ValueError as err:  # "<param> must be ..."
+        name, _, rest = str(err).partition(" ")
+        raise UserError(f"{option(name)} {rest}") from None
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.rank is not None and args.rank < 1:
         raise UserError(f"--rank must be at least 1, got {args.rank}")
-    if args.output == "stacked" and args.method not in COEFFICIENTS:
+    if args.output == "stacked" and not is_linear(args.method):
         raise UserError(f"--method {args.method} does not give a low-rank delta, so it has no exact "
                         f"stacked adapter: use --output svd or --output full")
     if args.output != "svd" and args.rank is not None:
@@ -138,17 +164,20 @@ def weights_table(args, modules, n):
     else:
         w = _weight_list(args.weights if args.weights is not None else [1.0] * n, n, "--weights")
         table = {m: w for m in modules}
-    if args.method in POSITIVE_WEIGHTS and any((w <= 0).any() for w in table.values()):
-        raise UserError(f"--method {args.method} needs positive weights")
-    if args.method == "linear" and any(w.sum() == 0 for w in table.values()):
-        raise UserError("--method linear: the weights must not sum to zero")
+    for w in table.values():
+        try:
+            check_weights(args.method, w)
+        except ValueError as err:
+            raise UserError(f"--method {err}") from None
     return table
 
 
-def method_params(args, module):
-    return {"normalize": args.normalize, "temperature": args.temperature, "scale": args.scale,
-            "density": args.density, "drop_rate": args.drop_rate, "majority_sign": args.majority_sign,
-            "seed": module_seed(args.seed, module)}
+def module_params(args, module):
+    """The method's parameters for one module (DARE's seed made per module)."""
+    params = dict(args.params)
+    if "seed" in params:
+        params["seed"] = module_seed(params["seed"], module)
+    return params
 
 
 def merge_adapter(args, adapters, table, dtype):
@@ -156,7 +185,7 @@ def merge_adapter(args, adapters, table, dtype):
     factors, errors = {}, {}
     rank = args.rank or max(max(a.factors[m][0].shape[0] for m in a.factors) for a in adapters)
     for module in tqdm(sorted(table), desc=f"merge ({args.output})", unit="module"):
-        params = method_params(args, module)
+        params = module_params(args, module)
         if args.output == "stacked":
             a, b = stacked_factors(adapters, module, coefficients(args.method, table[module], **params))
         else:
@@ -183,7 +212,7 @@ def pad_to_common_rank(factors):
 def full_deltas(args, adapters, table):
     """Yield (module, merged float32 delta), one module at a time."""
     for module in tqdm(sorted(table), desc="merge (full)", unit="module"):
-        delta = module_delta(adapters, module, args.method, table[module], method_params(args, module))
+        delta = module_delta(adapters, module, args.method, table[module], module_params(args, module))
         if not torch.isfinite(delta).all():
             raise UserError(f"{module}: the merged weights are not finite (weights too large?)")
         yield module, delta
@@ -195,11 +224,9 @@ def merge_info(args, adapters, table, base_model):
                           "use_rslora": bool(a.config.get("use_rslora")), "dtype": str(a.dtype)}
                          for a in adapters],
             "weights": args.weights_file or next(iter(table.values())).tolist(),
-            "params": {k: v for k, v in vars(args).items()
-                       if k in ("normalize", "temperature", "scale", "density", "drop_rate",
-                                "majority_sign", "seed", "rank", "dtype")}}
-    if args.method in COEFFICIENTS:
-        lam = {m: coefficients(args.method, w, **method_params(args, m)).tolist() for m, w in table.items()}
+            "params": {**args.params, "rank": args.rank, "dtype": args.dtype}}
+    if is_linear(args.method):
+        lam = {m: coefficients(args.method, w, **module_params(args, m)).tolist() for m, w in table.items()}
         distinct = {tuple(v) for v in lam.values()}
         info["lambdas"] = list(distinct.pop()) if len(distinct) == 1 else lam
     return info
@@ -240,7 +267,7 @@ def run_merge(args):
               f"adapter records it as is (--base-model sets another)")
     dtype = output_dtype(adapters, args.dtype)
     info = merge_info(args, adapters, table, base_model)
-    with atomic_dir(args.out) as tmp:
+    with atomic_dir(args.out, is_merge_output, kind="merge output") as tmp:
         if args.output == "full":
             write_full_model(tmp, base_model, args.adapters[0], full_deltas(args, adapters, table),
                              None if args.dtype == "auto" else dtype, args.max_shard_size)

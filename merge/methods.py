@@ -1,14 +1,20 @@
 """Merge methods as small pure functions, dispatched from one registry.
 
-Space: every method in METHODS works on full weight deltas (task vectors) of one linear layer,
+Space: every method works on full weight deltas (task vectors) of one linear layer,
 `delta_i = scaling_i * B_i @ A_i` (out x in, float32), with one weight `w_i` per adapter, and
 returns the merged delta. The linear methods (weaverec, linear, task_arithmetic) are
-`sum_i c_i * delta_i`; COEFFICIENTS gives their `c`, which lets merge/ build the exact merged
-adapter in A/B factor space (stacking the factors) without ever forming a full delta.
+`sum_i c_i * delta_i`; their record's `coefficients` gives `c`, which lets merge/ build the exact
+merged adapter in A/B factor space (stacking the factors) without ever forming a full delta.
+
+METHODS holds one record per method (MergeMethod: function, declared parameters, weight constraint,
+paper); PARAMS the parameters' defaults and checks.
 """
 
 import inspect
+import math
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -132,35 +138,101 @@ def magnitude_prune(deltas, weights, density=0.5, scale=1.0):
     return weighted_sum(trimmed, weights.double() * scale)
 
 
+@dataclass(frozen=True)
+class Param:
+    """A merge parameter: its default, the check its value must pass, and what the check asks."""
+    default: object
+    check: Callable
+    rule: str
+
+
+PARAMS = {
+    "normalize": Param("softmax", lambda v: v in NORMALIZE, f"one of {', '.join(NORMALIZE)}"),
+    "temperature": Param(1.0, lambda v: math.isfinite(v) and v > 0, "a positive number"),
+    "scale": Param(1.0, math.isfinite, "a finite number"),
+    "density": Param(0.5, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "drop_rate": Param(0.5, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "majority_sign": Param("total", lambda v: v in MAJORITY_SIGN, f"one of {', '.join(MAJORITY_SIGN)}"),
+    "seed": Param(0, lambda v: isinstance(v, int), "a whole number"),
+}
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """One merge method, as mergekit keeps them: everything about it in one place.
+
+    fn: full-delta space, fn(deltas, weights, **params) -> merged delta (float32).
+    params: the parameters it declares (keys of PARAMS); any other is an error.
+    weights: the constraint on the raw weights w: "any", "positive" or "nonzero_sum".
+    coefficients: for methods linear in the deltas, w -> c with delta = sum_i c_i delta_i, which
+        gives the exact merged adapter in A/B factor space (stacked factors); None otherwise.
+    """
+    fn: Callable
+    params: tuple
+    paper: str
+    weights: str = "any"
+    coefficients: Callable = None
+
+
 METHODS = {
-    "weaverec": weaverec,
-    "linear": linear,
-    "task_arithmetic": task_arithmetic,
-    "ties": ties,
-    "dare_linear": dare_linear,
-    "dare_ties": dare_ties,
-    "magnitude_prune": magnitude_prune,
+    "weaverec": MergeMethod(weaverec, ("normalize", "temperature"), "WeaveRec: lambda = softmax(w / T)",
+                            coefficients=weaverec_coefficients),
+    "linear": MergeMethod(linear, (), "weighted average of the deltas", "nonzero_sum",
+                          coefficients=linear_coefficients),
+    "task_arithmetic": MergeMethod(task_arithmetic, ("scale",), "Ilharco et al. 2023, arXiv:2212.04089",
+                                   coefficients=task_arithmetic_coefficients),
+    "ties": MergeMethod(ties, ("density", "scale", "majority_sign"), "Yadav et al. 2023, arXiv:2306.01708",
+                        "positive"),
+    "dare_linear": MergeMethod(dare_linear, ("drop_rate", "seed", "scale"), "Yu et al. 2024, arXiv:2311.03099"),
+    "dare_ties": MergeMethod(dare_ties, ("drop_rate", "seed", "scale", "majority_sign"),
+                             "Yu et al. 2024, arXiv:2311.03099 (with TIES's sign election)", "positive"),
+    "magnitude_prune": MergeMethod(magnitude_prune, ("density", "scale"), "magnitude pruning (TIES's trim alone)"),
 }
-COEFFICIENTS = {
-    "weaverec": weaverec_coefficients,
-    "linear": linear_coefficients,
-    "task_arithmetic": task_arithmetic_coefficients,
-}
-POSITIVE_WEIGHTS = {"ties", "dare_ties"}
 
 
-def _params_for(fn, params):
-    accepted = inspect.signature(fn).parameters
-    return {k: v for k, v in params.items() if k in accepted and k not in ("deltas", "weights")}
+def is_linear(method):
+    """True when the method's merged delta is sum_i c_i delta_i (an exact stacked adapter exists)."""
+    return METHODS[method].coefficients is not None
+
+
+def method_params(method, given):
+    """The parameters of `method`: its declared ones with their defaults, overridden by `given`.
+
+    Raises ValueError naming the first parameter the method does not declare or a value that fails
+    its check, so an option is never silently ignored.
+    """
+    record = METHODS[method]
+    unknown = sorted(set(given) - set(record.params))
+    if unknown:
+        takes = ", ".join(record.params) or "no parameters"
+        raise ValueError(f"{method} does not take {unknown[0]} (it takes {takes})")
+    params = {name: PARAMS[name].default for name in record.params}
+    params.update(given)
+    for name, value in params.items():
+        if not PARAMS[name].check(value):
+            raise ValueError(f"{name} must be {PARAMS[name].rule}, got {value}")
+    return params
+
+
+def check_weights(method, weights):
+    """ValueError when raw weights w break the method's constraint."""
+    rule = METHODS[method].weights
+    if rule == "positive" and (weights <= 0).any():
+        raise ValueError(f"{method} needs positive weights")
+    if rule == "nonzero_sum" and weights.sum() == 0:
+        raise ValueError(f"{method}: the weights must not sum to zero")
 
 
 def merge_deltas(method, deltas, weights, **params):
-    """Merged full delta of one module with `method`; parameters it does not take are ignored."""
-    fn = METHODS[method]
-    return fn(deltas, weights, **_params_for(fn, params))
+    """Merged full delta of one module with `method` and its declared parameters."""
+    return METHODS[method].fn(deltas, weights, **method_params(method, params))
 
 
 def coefficients(method, weights, **params):
     """Per-adapter coefficients c of a linear method (delta = sum_i c_i delta_i), float64."""
-    fn = COEFFICIENTS[method]
-    return fn(weights, **_params_for(fn, params))
+    fn = METHODS[method].coefficients
+    if fn is None:
+        raise ValueError(f"{method} is not linear in the deltas: it has no coefficients")
+    kept = method_params(method, params)
+    accepted = inspect.signature(fn).parameters
+    return fn(weights, **{k: v for k, v in kept.items() if k in accepted})

@@ -9,7 +9,7 @@ import os
 import torch
 
 from common.cli import UserError
-from merge.methods import COEFFICIENTS, coefficients, merge_deltas
+from merge.methods import coefficients, is_linear, merge_deltas
 
 
 def stacked_factors(adapters, module, coeffs):
@@ -25,7 +25,7 @@ def stacked_factors(adapters, module, coeffs):
 
 def module_delta(adapters, module, method, weights, params):
     """The merged full delta of one module (float32, out x in)."""
-    if method in COEFFICIENTS:
+    if is_linear(method):
         a, b = stacked_factors(adapters, module, coefficients(method, weights, **params))
         return b @ a
     deltas = [ad.scaling[module] * (ad.factors[module][1].float() @ ad.factors[module][0].float())
@@ -51,7 +51,7 @@ def svd_factors(adapters, module, method, weights, params, rank):
     so the relative error is sqrt(tail / total). Linear methods are decomposed from their stacked
     factors (QR of each side, then an SVD of a small R x R matrix): exact and cheap.
     """
-    if method in COEFFICIENTS:
+    if is_linear(method):
         a_s, b_s = stacked_factors(adapters, module, coefficients(method, weights, **params))
         qb, rb = torch.linalg.qr(b_s)
         qa, ra = torch.linalg.qr(a_s.T)

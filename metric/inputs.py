@@ -8,47 +8,20 @@ Prediction lines may be, in any mix:
   there its first `||` field must agree with the test answer, or the files are misaligned.
 """
 
-import json
-import os
 from pathlib import Path
 
 from common.cli import UserError
+from common.io import read_jsonl
 from common.prompt import parse_user_prompt, sample_parts
 from metric.ranking import normalise, truth_of
 
 RUN_FILES = ("output.jsonl", "output/output.jsonl", "generated_predictions.jsonl")
 
 
-def read_lines_strict(path, what):
-    """Every line parsed as JSON; blank lines only at the end; UserError naming file and line."""
-    if not os.path.isfile(path):
-        raise UserError(f"{what} not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except UnicodeDecodeError:
-        raise UserError(f"{what} {path} is not UTF-8 text (expected jsonl)") from None
-    except OSError as err:
-        raise UserError(f"cannot read {what} {path}: {err.strerror}") from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    rows = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            raise UserError(f"{path}:{lineno}: blank line inside a jsonl {what} (alignment would shift)")
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{lineno}: not a jsonl {what} line ({err.msg})") from None
-    if not rows:
-        raise UserError(f"{what} {path} is empty")
-    return rows
-
-
 def load_test(path, match):
     """(normalised truths, candidate title lists, normalised candidate sets), one per line."""
     truths, cand_lists, cand_sets = [], [], []
-    for lineno, row in enumerate(read_lines_strict(path, "test file"), 1):
+    for lineno, row in enumerate(read_jsonl(path, "test file", strict=True), 1):
         _, user, answer = sample_parts(row, lineno)
         if not isinstance(answer, str) or not answer.strip():
             raise UserError(f"{path}:{lineno}: test line has no assistant answer (ground truth)")
@@ -86,7 +59,7 @@ def _output_of(row, index, truth, match, where):
 
 def load_predictions(path, truths, match):
     """The generated texts of a prediction file, one per test line; UserError on any misalignment."""
-    rows = read_lines_strict(path, "prediction file")
+    rows = read_jsonl(path, "prediction file", strict=True)
     if len(rows) != len(truths):
         raise UserError(f"{path} has {len(rows)} lines but the test file has {len(truths)}: "
                         "predictions must align line by line with the test file")

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.cli import UserError, run_main
-from common.io import atomic_path, write_json_atomic, write_text_atomic
+from common.io import atomic_path, read_jsonl, write_json_atomic, write_text_atomic
 from common.prompt import parse_user_prompt, sample_parts
 from metric import baselines, inputs, report, stats
 from metric.ranking import MATCH_MODES, METRICS, score_table
@@ -52,7 +52,7 @@ def parse_args(argv):
 
 def read_histories(path):
     """The history titles of every test line (the file was checked by inputs.load_test)."""
-    return [parse_user_prompt(sample_parts(row)[1])[0] for row in inputs.read_lines_strict(path, "test file")]
+    return [parse_user_prompt(sample_parts(row)[1])[0] for row in read_jsonl(path, "test file", strict=True)]
 
 
 def collect_rows(args, truths, cand_lists, cand_sets):

@@ -9,14 +9,12 @@ folder renamed onto --out), with build_info.json recording what was done.
 
 import argparse
 import os
-import shutil
-import tempfile
 import time
 
 import torch
 
 from common.cli import UserError, run_main
-from common.io import read_jsonl, write_json_atomic
+from common.io import atomic_dir, read_jsonl, write_json_atomic
 from common.prompt import CANDIDATES_CLOSE, CANDIDATES_OPEN, HISTORY_OPEN, SEP, SYSTEM
 from models.pretrain import pretrain, title_sequences, token_stream
 from models.tiny import init_model, save_model, tiny_config
@@ -74,22 +72,9 @@ def build_tokenizer(titles, sequences, vocab_size, max_sequences=20000):
 
 def save_atomic(model, tokenizer, out, info):
     """Write into a temporary folder beside `out`, then swap it in; a failure leaves no partial `out`."""
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".", suffix=".tmp", dir=parent)
-    try:
+    with atomic_dir(out) as tmp:
         save_model(model, tokenizer, tmp)
         write_json_atomic(os.path.join(tmp, "build_info.json"), info)
-        old = None
-        if os.path.exists(out):
-            old = tmp + ".old"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old:
-            shutil.rmtree(old)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
 
 
 def main(argv=None):

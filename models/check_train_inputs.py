@@ -1,28 +1,38 @@
-"""Check a LoRA training run's inputs before LLaMA-Factory starts: reads the registry, model and config; writes nothing.
+"""Check and plan one LoRA training run before LLaMA-Factory starts: reads the registry, model, config and the
+module's folders; writes save/<dataset>.partial (unless --dry-run).
 
-Called by scripts/train_lora.sh so that a wrong name or path is one clear line, not a long traceback.
+Called by scripts/train_lora.sh, so that every problem is one clear line, not a traceback after minutes:
+dataset and paths, process counts, settings that deadlock or lose the best checkpoint, the precision the
+hardware has (bf16, fp16 or fp32), prompts that LLaMA-Factory would cut (models/check_lengths.py), and what
+to do with the module (models/train_run.py: skip, resume or fresh). Prints what it found; writes three lines
+for the script to --plan-file: the action, the checkpoint to resume from ("-" if none) and the key=value
+overrides to add.
 
     python -m models.check_train_inputs --dataset sports_beauty --data-dir traindata --model models/tiny-qwen2 \
-        --config scripts/train_configs/tiny_cpu_lora.yaml [--deepspeed F] [--nproc N]
+        --config scripts/train_configs/tiny_cpu_lora.yaml --out save/sports_beauty --plan-file F [--extra "k=v ..."] \
+        [--nproc N --nnodes N --precision auto|bf16|fp16|fp32 --max-cut 0.001 --skip-existing 1 --dry-run]
 """
 
 import argparse
 import importlib.util
+import json
 import os
 import re
+import sys
 
 from common.cli import UserError, run_main
 from common.dataset_info import FILE_NAME, load
-from common.domains import CATEGORIES
+from common.folders import check_model_folder
+from models import train_run
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+CPU = {"gpu": None, "bf16": False}
 
 
 def check_dataset(name, data_dir):
-    """`name` is <d>, <T>_<S> or <T>_<S1>_<S2>..., of known domains, registered with an existing file."""
-    parts = name.split("_")
-    if not re.fullmatch(r"[A-Za-z0-9_]+", name) or not all(p in CATEGORIES for p in parts) \
-            or len(set(parts)) != len(parts):
-        raise UserError(f"unknown dataset name '{name}': expected <domain>, <target>_<source> or "
-                        f"<target>_<source1>_<source2>... of distinct domains ({', '.join(sorted(CATEGORIES))})")
+    """Any name that `data_dir`/dataset_info.json registers, with an existing non-empty file."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise UserError(f"dataset name '{name}' is not a plain name (letters, digits, '_', '.', '-')")
     info = load(data_dir)
     if name not in info:
         registered = ", ".join(sorted(info)) or "none"
@@ -31,14 +41,12 @@ def check_dataset(name, data_dir):
     path = os.path.join(data_dir, info[name].get("file_name", ""))
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         raise UserError(f"dataset '{name}' is registered but its file is missing or empty: {path}")
+    return path
 
 
 def check_model(model):
-    """A local HF model folder (config.json + weights), as LLaMA-Factory loads with trust_remote_code off."""
-    if not os.path.isdir(model):
-        raise UserError(f"base model folder not found: {model} (build it with scripts/build_model.sh)")
-    if not os.path.isfile(os.path.join(model, "config.json")):
-        raise UserError(f"base model folder has no config.json: {model}")
+    """A local HF model folder, as LLaMA-Factory loads it with trust_remote_code off."""
+    check_model_folder(model, "base model folder", hint=" (build it with scripts/build_model.sh)")
 
 
 def check_file(path, what):
@@ -46,25 +54,152 @@ def check_file(path, what):
         raise UserError(f"{what} not found: {path}")
 
 
+def check_count(value, what):
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{what} must be a whole number, at least 1 (got '{value}')")
+    return int(value)
+
+
+def effective_config(config, extra):
+    """The arguments LLaMA-Factory will see: the YAML merged with key=value overrides, as its read_args does."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    with open(config, encoding="utf-8") as f:
+        base = yaml.safe_load(f) or {}
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.from_cli(list(extra))))
+    except Exception as err:  # omegaconf's own grammar errors
+        raise UserError(f"bad key=value override in EXTRA ({err})") from None
+
+
+def check_training_config(cfg, world_size):
+    """Settings that would hang several processes or lose the best checkpoint."""
+    if cfg.get("deepspeed"):
+        raise UserError("DeepSpeed is not supported: deepspeed 0.16.9 (the newest LLaMA-Factory 0.9.3 accepts) fails "
+                        "with torch 2.13 at the first optimizer step; see docs/gpu.md")
+    if cfg.get("load_best_model_at_end") and world_size > 1:
+        raise UserError("load_best_model_at_end can deadlock several processes (transformers 4.52.4); set it to false "
+                        "and metric_for_best_model: eval_loss: train_lora.sh keeps the best checkpoint's adapter itself")
+    metric = cfg.get("metric_for_best_model")
+    evaluating = cfg.get("eval_strategy", "no") != "no"
+    if metric and not evaluating:
+        raise UserError(f"metric_for_best_model is {metric} but eval_strategy is 'no': nothing is evaluated")
+    if metric and (cfg.get("save_strategy", "steps") != cfg.get("eval_strategy")
+                   or (cfg.get("eval_strategy") == "steps" and cfg.get("save_steps") != cfg.get("eval_steps"))):
+        raise UserError("save_steps must equal eval_steps (and save_strategy eval_strategy) so that every "
+                        "evaluation has a checkpoint to keep")
+    limit = cfg.get("save_total_limit")
+    if metric and limit is not None and limit < 2:
+        raise UserError("save_total_limit must be at least 2 with metric_for_best_model: one for the best, one to resume")
+
+
+def device():
+    """{"gpu": name or None, "bf16": native bf16 support} of the first CUDA device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"gpu": None, "bf16": False}
+    major, _ = torch.cuda.get_device_capability(0)
+    return {"gpu": torch.cuda.get_device_name(0), "bf16": major >= 8}  # Ampere and later; V100, T4 emulate it
+
+
+def choose_precision(wanted, requested, dev):
+    """(precision, message or None): the config's `wanted` precision unless `requested`, within what `dev` has."""
+    lacks = f"GPU {dev['gpu']} has no bf16" if dev["gpu"] else "there is no CUDA GPU here"
+    if requested != "auto":
+        if requested == "bf16" and not dev["bf16"]:
+            raise UserError(f"PRECISION=bf16 but {lacks}; use PRECISION={'fp16' if dev['gpu'] else 'fp32'}")
+        if requested == "fp16" and not dev["gpu"]:
+            raise UserError("PRECISION=fp16 but there is no CUDA GPU here; use PRECISION=fp32")
+        return requested, None
+    if wanted == "bf16" and not dev["bf16"]:
+        fallback = "fp16" if dev["gpu"] else "fp32"
+        tip = " (PRECISION=fp32 for full precision)" if dev["gpu"] else ""
+        return fallback, f"precision {fallback}: the config asks for bf16 but {lacks}{tip}"
+    if wanted == "fp16" and not dev["gpu"]:
+        return "fp32", "precision fp32: the config asks for fp16 but there is no CUDA GPU here"
+    return wanted, None
+
+
+def precision_overrides(precision):
+    return [f"bf16={'true' if precision == 'bf16' else 'false'}", f"fp16={'true' if precision == 'fp16' else 'false'}"]
+
+
+def check_lengths(args, cfg, data_file, say):
+    from models.check_lengths import check
+
+    cutoff, max_samples = int(cfg.get("cutoff_len", 2048)), cfg.get("max_samples")
+    stats = check(data_file, args.model, cfg.get("template", "qwen"), cutoff, max_samples, args.max_cut,
+                  progress=sys.stderr.isatty())
+    over = f"{stats['over']:,} over cutoff_len {cutoff:,} (cut at the end)" if stats["over"] else \
+        f"none over cutoff_len {cutoff:,}"
+    say(f"{stats['samples']:,} samples, longest {stats['longest']:,} tokens, {over}")
+    with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
+        context = json.load(f).get("max_position_embeddings")
+    if context and min(cutoff, stats["longest"]) > context:
+        say(f"warning: samples of up to {min(cutoff, stats['longest']):,} tokens exceed the model's "
+            f"max_position_embeddings {context:,}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--config", required=True)
-    p.add_argument("--deepspeed", default="")
+    for name in ("--dataset", "--data-dir", "--model", "--config", "--out", "--plan-file"):
+        p.add_argument(name, required=True)
+    p.add_argument("--extra", default="", help="key=value overrides for llamafactory-cli, space-separated")
     p.add_argument("--nproc", default="1")
+    p.add_argument("--nnodes", default="1")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--max-cut", type=float, default=0.001, help="share of samples that may be cut")
+    p.add_argument("--skip-existing", default="1", choices=("0", "1"))
+    p.add_argument("--dry-run", action="store_true", help="check and plan, change nothing")
     args = p.parse_args(argv)
+    data_file, world, extra, cfg = check_inputs(args)
+
+    def say(note):  # on stdout as it happens; an error is the one line on stderr
+        print(f"[train_lora] {args.dataset}: {note}", flush=True)
+
+    action, checkpoint, overrides = plan_run(args, cfg, data_file, world, extra, say)
+    with open(args.plan_file, "w", encoding="utf-8") as f:
+        f.write(f"{action}\n{checkpoint or '-'}\n{' '.join(overrides)}\n")
+    return 0
+
+
+def check_inputs(args):
+    """(dataset file, processes in all, EXTRA words, effective config), or a UserError."""
     if importlib.util.find_spec("llamafactory") is None:
         raise UserError("LLaMA-Factory is not installed in this Python (pip install -r requirements.txt)")
-    check_dataset(args.dataset, args.data_dir)
+    data_file = check_dataset(args.dataset, args.data_dir)
     check_model(args.model)
     check_file(args.config, "training config")
-    if args.deepspeed:
-        check_file(args.deepspeed, "DeepSpeed config")
-    if not args.nproc.isdigit() or int(args.nproc) < 1:
-        raise UserError(f"NPROC must be a whole number of GPUs, at least 1 (got '{args.nproc}')")
-    return 0
+    world = check_count(args.nproc, "NPROC") * check_count(args.nnodes, "NNODES")
+    if args.precision not in PRECISIONS:
+        raise UserError(f"PRECISION must be one of {', '.join(PRECISIONS)} (got '{args.precision}')")
+    extra = args.extra.split()
+    cfg = effective_config(args.config, extra)
+    check_training_config(cfg, world)
+    return data_file, world, extra, cfg
+
+
+def plan_run(args, cfg, data_file, world, extra, say):
+    """(action, checkpoint, overrides): skip, or precision and prompt lengths checked and the folder prepared."""
+    inputs = train_run.run_inputs(args.dataset, args.data_dir, args.model, args.config,
+                                  extra + [f"PRECISION={args.precision}"], world)
+    action, reason, checkpoint = train_run.plan(args.out, inputs, args.skip_existing == "1")
+    say(reason)
+    if action == "skip":
+        return action, None, []
+    wanted = "bf16" if cfg.get("bf16") else "fp16" if cfg.get("fp16") else "fp32"
+    needs_gpu = wanted != "fp32" or args.precision not in ("auto", "fp32")  # fp32 runs anywhere: no torch import
+    precision, message = choose_precision(wanted, args.precision, device() if needs_gpu else CPU)
+    if message:
+        say(message)
+    if args.dry_run:  # loading a tokenizer takes seconds: a dry run only plans
+        say("prompt lengths are checked when training starts")
+    else:
+        check_lengths(args, cfg, data_file, say)
+        train_run.prepare(args.out, inputs, action, checkpoint)
+    return action, checkpoint, precision_overrides(precision)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,13 @@ DENSITY=${DENSITY:-0.5}                   # TIES / DARE
 DROP_RATE=${DROP_RATE:-0.5}               # DARE
 SCALE=${SCALE:-0.5}                       # task arithmetic: SCALE x the sum of the deltas
 BOOTSTRAP=${BOOTSTRAP:-1000}
+BACKEND=${BACKEND:-auto}                  # hf | vllm | auto (vllm where .venv-vllm exists, per mode: docs/inference.md)
+INFER_EXTRA=${INFER_EXTRA:-}              # more inference options, e.g. "--data-parallel 2"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
+if [ "$BACKEND" != hf ] && [ -x .venv-vllm/bin/python ]; then INFER_PYTHON=${INFER_PYTHON:-.venv-vllm/bin/python}; fi
+INFER_PYTHON=${INFER_PYTHON:-$PYTHON}
 
 read -r -a sources <<< "$SOURCES"
 has_row() { [[ " $ROWS " == *" $1 "* ]]; }
@@ -49,11 +53,25 @@ need_mixed=0; has_row mixed_all && need_mixed=1
 TARGET=$TARGET SOURCES=$SOURCES MODEL=$MODEL CONFIG=$CONFIG SAVE_DIR=$SAVE_DIR DATA_DIR=$DATA_DIR \
   SOURCE_ONLY=$need_source_only MIXED_ALL=$need_mixed bash scripts/train_modules.sh
 
-infer() {  # infer <row> <test file> <out file> <model args...>
+# rows are queued, then run_jobs runs them in one inference process: one engine load for all of them
+jobs_file="$RUN_DIR/inference.jobs"           # jsonl, one line per row (not *.jsonl: the metric reads those)
+mkdir -p "$RUN_DIR"; rm -f "$jobs_file"
+infer() {  # infer <row> <test file> <out file> --base-model M [--adapter A]
   local row=$1 test=$2 out=$3; shift 3
-  echo "[compare] $row: $MODE decoding on $test"
-  "$PYTHON" -m inference.generate --test-file "$test" --out "$out" --mode "$MODE" \
-    --score-norm "$SCORE_NORM" --batch-size "$BATCH_SIZE" "$@"
+  echo "[compare] $row: $MODE decoding on $test (queued)"
+  "$PYTHON" -c 'import json, sys
+test, out, *args = sys.argv[1:]
+opts = dict(zip(args[::2], args[1::2]))
+print(json.dumps({"test_file": test, "out": out, "base_model": opts["--base-model"],
+                  "adapter": [opts["--adapter"]] if "--adapter" in opts else []}))' "$test" "$out" "$@" >> "$jobs_file"
+}
+run_jobs() {  # every queued row, one process
+  if [ ! -s "$jobs_file" ]; then return; fi
+  echo "[compare] inference of $(wc -l < "$jobs_file") rows in one process (backend $BACKEND)"
+  # shellcheck disable=SC2086  # INFER_EXTRA is a list of options
+  "$INFER_PYTHON" -m inference.generate --jobs "$jobs_file" --mode "$MODE" --score-norm "$SCORE_NORM" \
+    --batch-size "$BATCH_SIZE" --backend "$BACKEND" $INFER_EXTRA
+  rm -f "$jobs_file"
 }
 merge() {  # merge <name> <merge args...>; kept when the same arguments merged the same adapter files
   local name=$1; shift
@@ -111,6 +129,7 @@ if has_row weaverec && [ -n "$GRID" ]; then
     infer "weaverec_w$w0 (validation)" "$valid_subset" "$valid_dir/w$w0/output.jsonl" \
       --base-model "$MODEL" --adapter "$merged_dir/weaverec_w$w0"
   done
+  run_jobs
   "$PYTHON" -m metric.metric --test-file "$valid_subset" --pred-dir "$valid_dir" \
     --out-dir "$valid_dir" --no-baselines --bootstrap 0 > /dev/null
   best=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"])' "$valid_dir/metrics.json")
@@ -118,6 +137,20 @@ if has_row weaverec && [ -n "$GRID" ]; then
   infer weaverec_tuned "$TEST_FILE" "$RUN_DIR/weaverec_tuned/output.jsonl" --base-model "$MODEL" \
     --adapter "$merged_dir/weaverec_$best"
 fi
+# learned weights (scripts/learn_weights.sh), opt-in rows: weaverec_likelihood fits per-module w on the first
+# VALID_USERS validation lines, weaverec_entropy on the test prompts with their answers never read
+for objective in likelihood entropy; do
+  if ! has_row "weaverec_$objective"; then continue; fi
+  if [ "$objective" = likelihood ]; then prompts=$VALID_FILE; limit=$VALID_USERS; else prompts=$TEST_FILE; limit=""; fi
+  learned="$RUN_DIR/learned_$objective"
+  MODEL=$MODEL ADAPTERS="$SAVE_DIR/$TARGET ${hybrids[*]}" OBJECTIVE=$objective PROMPTS=$prompts LIMIT=$limit \
+    OUT_DIR=$learned TEMPERATURE=$TEMPERATURE PYTHON=$PYTHON bash scripts/learn_weights.sh
+  rm -f "$merged_dir/weaverec_$objective.stamp"  # the weights file may have changed: merge again
+  merge "weaverec_$objective" --adapters "$SAVE_DIR/$TARGET" "${hybrids[@]}" --method weaverec \
+    --weights-file "$learned/weights.json" --temperature "$TEMPERATURE"
+  infer "weaverec_$objective" "$TEST_FILE" "$RUN_DIR/weaverec_$objective/output.jsonl" --base-model "$MODEL" \
+    --adapter "$merged_dir/weaverec_$objective"
+done
 # TIES and DARE deltas are not low rank: merged into a full model folder (exact)
 for method in ties dare_ties task_arithmetic; do
   if ! has_row "$method"; then continue; fi
@@ -134,10 +167,12 @@ for method in ties dare_ties task_arithmetic; do
   fi
 done
 
+run_jobs
+
 # 4. one report for every row, with the paired comparisons the paper's claim rests on:
 #    transfer (hybrids, WeaveRec vs target-only), negative transfer (naive mixing, the naive merge and
-#    the hybrids vs target-only; WeaveRec vs the naive merge), learning (target-only vs the base) and
-#    the bars beyond (WeaveRec vs popularity and content)
+#    the hybrids vs target-only; WeaveRec vs the naive merge), learning (target-only vs the base), the bars
+#    beyond (WeaveRec vs popularity and content), and learned merge weights against equal weights
 items="$DATA_DIR/${TARGET}.items.jsonl"
 items_arg=(); if [ -f "$items" ]; then items_arg=(--items "$items"); fi
 rows_done=(); for d in "$RUN_DIR"/*/; do [ -f "$d/output.jsonl" ] && rows_done+=("$(basename "$d")"); done
@@ -149,6 +184,7 @@ pair weaverec target_only; pair weaverec naive_merge; pair weaverec_tuned target
 for s in "${sources[@]}"; do pair "hybrid_$s" target_only; done
 pair mixed_all target_only; pair naive_merge target_only; pair target_only base
 pair weaverec popularity; pair weaverec content
+pair weaverec_likelihood weaverec; pair weaverec_entropy weaverec
 "$PYTHON" -m metric.metric --test-file "$TEST_FILE" --pred-dir "$RUN_DIR" --out-dir "$RUN_DIR" \
   "${items_arg[@]}" "${compare[@]}" --bootstrap "$BOOTSTRAP"
 

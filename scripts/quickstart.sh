@@ -25,6 +25,8 @@ else
 fi
 BASE_STEPS=${BASE_STEPS:-1000}            # pre-training steps of the tiny base model
 MODE=${MODE:-score}                       # free | constrained | score
+BACKEND=${BACKEND:-auto}                  # hf | vllm | auto: vllm where .venv-vllm exists (VLLM=1 builds it)
+VLLM=${VLLM:-0}                           # 1: build .venv-vllm too (scripts/setup.sh)
 ROWS=${ROWS:-"target_only hybrids mixed_all naive_merge weaverec ties dare_ties task_arithmetic"}
 GRID=${GRID-"0 1 2 3"}                    # target weights tried on validation users ("" = off)
 RUN_DIR=${RUN_DIR:-result/quickstart_${TAG}_${TARGET}}
@@ -34,7 +36,7 @@ start=$SECONDS
 step() { echo; echo "=== [quickstart $((SECONDS - start))s] $*"; }
 
 step "environment"
-bash scripts/setup.sh
+VLLM=$VLLM bash scripts/setup.sh
 
 if [ "$TAG" = synthetic ] && [ ! -f "$RAW_DIR/reviews_Sports_and_Outdoors_5.json.gz" ]; then
   step "synthetic raw data -> $RAW_DIR"
@@ -59,6 +61,6 @@ fi
 
 step "LoRA modules, merge, ranking, metrics"
 TARGET=$TARGET SOURCES=$SOURCES MODEL=$MODEL SAVE_DIR=$SAVE_DIR RUN_DIR=$RUN_DIR ROWS=$ROWS MODE=$MODE \
-  GRID=$GRID DATA_DIR=$TRAIN_DIR TEST_DIR=$TEST_DIR bash scripts/compare.sh
+  BACKEND=$BACKEND GRID=$GRID DATA_DIR=$TRAIN_DIR TEST_DIR=$TEST_DIR bash scripts/compare.sh
 
 step "done in $((SECONDS - start))s: report in $RUN_DIR/metrics.md and $RUN_DIR/metrics.png"

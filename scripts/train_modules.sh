@@ -2,8 +2,9 @@
 # Train every LoRA module WeaveRec merges: the target-only module and one hybrid module per source,
 # i.e. $SAVE_DIR/<T> and $SAVE_DIR/<T>_<S> (datasets made by data_process.process and data_process.construct).
 # For comparisons: SOURCE_ONLY=1 also trains <S> alone per source; MIXED_ALL=1 also trains the naive
-# all-domain mix <T>_<S1>_<S2>... (construct --all-mixed). A module whose adapter exists is skipped
-# (SKIP_EXISTING=0 retrains). Every train_lora.sh variable (NPROC, DEEPSPEED, EXTRA, DRY_RUN...) passes through.
+# all-domain mix <T>_<S1>_<S2>... (construct --all-mixed). scripts/train_lora.sh decides per module: a finished
+# module trained from the same inputs is skipped, an interrupted one resumed, a changed one retrained
+# (SKIP_EXISTING=0 retrains all). Every train_lora.sh variable (NPROC, PRECISION, EXTRA, DRY_RUN...) passes through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,7 @@ SAVE_DIR=${SAVE_DIR:-save}
 SKIP_EXISTING=${SKIP_EXISTING:-1}
 SOURCE_ONLY=${SOURCE_ONLY:-0}
 MIXED_ALL=${MIXED_ALL:-0}
-export MODEL CONFIG DATA_DIR SAVE_DIR
+export MODEL CONFIG DATA_DIR SAVE_DIR SKIP_EXISTING
 
 read -r -a sources <<< "$SOURCES"
 datasets=("$TARGET")
@@ -28,16 +29,16 @@ if [ "$MIXED_ALL" = "1" ]; then
   datasets+=("$mixed")
 fi
 
+said=$(mktemp)
+trap 'rm -f "$said"' EXIT
 summary=()
 for ds in "${datasets[@]}"; do
-  if [ "$SKIP_EXISTING" = "1" ] && [ -f "$SAVE_DIR/$ds/adapter_model.safetensors" ]; then
-    echo "[train_modules] $ds: $SAVE_DIR/$ds already trained, skipped (SKIP_EXISTING=0 retrains)"
-    summary+=("$ds: skipped")
-    continue
-  fi
   start=$SECONDS
-  bash scripts/train_lora.sh "$ds"
-  summary+=("$ds: $((SECONDS - start))s")
+  bash scripts/train_lora.sh "$ds" | tee "$said"
+  last=$(grep '^\[train_lora\]' "$said" | tail -n 1 || true)
+  if [[ "$last" == *"wrote "* ]]; then summary+=("$ds: trained in $((SECONDS - start))s")
+  elif [[ "$last" == *"skipped"* ]]; then summary+=("$ds: skipped")
+  else summary+=("$ds: dry run"); fi
 done
 echo "[train_modules] target $TARGET, sources ${sources[*]}:"
 printf '  %s\n' "${summary[@]}"

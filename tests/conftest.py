@@ -29,7 +29,7 @@ def random_model_dir(tmp_path_factory):
     """A tiny randomly initialised Qwen2 model folder with a BPE tokenizer trained on real titles.
 
     Not the embedded default (that one is pre-trained); this is for tests of merging, inference
-    and metrics that need a real model quickly.
+    and metrics that need a real model quickly. Heads of 32 dimensions: vLLM's CPU attention needs >= 32.
     """
     from common.prompt import CANDIDATES_CLOSE, CANDIDATES_OPEN, HISTORY_OPEN, SYSTEM
     from models.tiny import init_model, save_model, tiny_config
@@ -37,7 +37,7 @@ def random_model_dir(tmp_path_factory):
 
     texts = real_titles() + [SYSTEM, HISTORY_OPEN, CANDIDATES_OPEN, CANDIDATES_CLOSE, "||"]
     tok = train_tokenizer(texts, vocab_size=1024)
-    model = init_model(tiny_config(tok, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2), seed=0)
+    model = init_model(tiny_config(tok, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1), seed=0)
     out = tmp_path_factory.mktemp("random-tiny-qwen2")
     save_model(model, tok, out)
     return out

@@ -182,9 +182,10 @@ def build(train_dir, out, *extra):
     return subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
-# a base small enough to build in seconds, pre-trained enough (loss about 7.6 -> 4.2) for a LoRA to learn on
-SMALL = ["--vocab-size", "2048", "--hidden-size", "64", "--steps", "200", "--batch-size", "16", "--block-size", "128",
-         "--lr", "1e-2", "--threads", "1"]
+# a base small enough to build in seconds, pre-trained enough (loss about 7.6 -> 4.2) for a LoRA to learn on;
+# 2 heads of 32 dimensions (vLLM's CPU attention needs head dimensions of 32 or more)
+SMALL = ["--vocab-size", "2048", "--hidden-size", "64", "--heads", "2", "--kv-heads", "1", "--steps", "200",
+         "--batch-size", "16", "--block-size", "128", "--lr", "1e-2", "--threads", "1"]
 
 
 def build_varied_model(random_model_dir, out):
@@ -200,7 +201,7 @@ def build_varied_model(random_model_dir, out):
     return out
 
 
-def build_real_tokenizer_model(out, hidden_size=64, layers=2, heads=4, kv_heads=2, seed=0):
+def build_real_tokenizer_model(out, hidden_size=64, layers=2, heads=2, kv_heads=1, seed=0):
     """A tiny random Qwen2ForCausalLM with the real Qwen2-7B-Instruct tokenizer: Qwen2-7B's proportions
     scaled down (vocabulary 152,064 embedding rows for 151,646 tokens, untied input and output
     embeddings, grouped KV heads (7:1 in 7B, `heads // kv_heads` here), rope_theta 1e6), so tests see
@@ -303,6 +304,10 @@ def assert_close_rel(actual, expected, tol=1e-5):
 
 
 # --- the inference CLI --------------------------------------------------------------------------
+# the training environment (LLaMA-Factory), used by tests running in the vLLM one to make real adapters
+TRAIN_PYTHON = REPO / ".venv" / "bin" / "python"
+
+
 def gen_args(test_file, model, out, *extra):
     return ["--test-file", str(test_file), "--base-model", str(model), "--out", str(out),
             "--threads", "1", "--max-new-tokens", "8", *extra]
@@ -311,3 +316,21 @@ def gen_args(test_file, model, out, *extra):
 def read_lines(path):
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
+
+
+# --- scripts/train_lora.sh --------------------------------------------------------------------------
+def run_train_lora(dataset, timeout=600, **env):
+    """Run scripts/train_lora.sh as a user does, with path variables from `env`; a run past `timeout`
+    seconds (a hang) is killed with all its processes and fails the test."""
+    import signal
+
+    full = dict(os.environ, **{k: str(v) for k, v in env.items()})
+    proc = subprocess.Popen(["bash", "scripts/train_lora.sh", dataset], cwd=REPO, env=full, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"train_lora.sh {dataset} still running after {timeout}s (a hang?):\n{out[-2000:]}{err[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

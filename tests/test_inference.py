@@ -1,7 +1,7 @@
-"""inference.generate end to end on real Amazon prompts and a tiny random Qwen2: alignment,
-determinism, resume after SIGKILL, batch-size invariance, adapters, one-line errors."""
+"""inference.generate end to end on real Amazon prompts and a tiny random Qwen2 (HF backend): alignment,
+determinism, resume after SIGKILL, batch-size invariance, adapters, one-line errors. Runs in both
+environments."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,7 +16,7 @@ from transformers import AutoConfig, Qwen2ForCausalLM
 from common.cli import UserError, run_main
 from inference.generate import main
 from inference.resume import ResumableOutput
-from tests.helpers import REPO, gen_args, read_lines
+from tests.helpers import REPO, TRAIN_PYTHON, gen_args, read_lines
 
 
 def count_lines(path):
@@ -202,17 +202,14 @@ def bad_inputs(real_test_file, varied_model_dir, tmp_path):
         "wrong_targets": ([test, model, "--adapter", str(wrong_targets)], "does not match the base"),
         "wrong_shape": ([test, model, "--adapter", str(wrong_shape)], "does not match the base"),
         "not_weaverec": ([str(not_weaverec), model, "--mode", "constrained"], "not a WeaveRec prompt"),
-        "no_vllm": ([test, model, "--backend", "vllm"], "needs the vllm package"),
     }
 
 
 @pytest.mark.parametrize("case", ["bad_json", "no_messages", "empty", "missing_model",
                                   "adapter_as_model", "wrong_targets", "wrong_shape",
-                                  "not_weaverec", "no_vllm"])
+                                  "not_weaverec"])
 def test_bad_input_is_one_line_error(bad_inputs, case, tmp_path, capsys):
     (test, model, *extra), fragment = bad_inputs[case]
-    if case == "no_vllm" and importlib.util.find_spec("vllm") is not None:
-        pytest.skip("vllm is installed here")
     out = tmp_path / "run" / "output.jsonl"
     code, err = exit_error(gen_args(test, model, out, *extra), capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
@@ -226,3 +223,37 @@ def test_cli_error_has_no_traceback(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: test file is empty: {empty}"]
+
+
+def test_vllm_backend_without_its_environment_names_how_to_create_it(real_test_file, varied_model_dir, tmp_path):
+    """The training environment has no vLLM: one line saying how to make the one that has it."""
+    out = tmp_path / "output.jsonl"
+    proc = subprocess.run([str(TRAIN_PYTHON), "-m", "inference.generate",
+                           *map(str, gen_args(real_test_file, varied_model_dir, out, "--backend", "vllm"))],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --backend vllm needs the vLLM environment (.venv-vllm): create it with "
+        "`VLLM=1 bash scripts/setup.sh` and run .venv-vllm/bin/python -m inference.generate"]
+    assert not out.exists()
+
+
+def test_jobs_file_runs_several_outputs_as_separate_runs_would(real_test_file, varied_model_dir, tmp_path,
+                                                               capsys):
+    """--jobs (scripts/compare.sh: one process, one engine for every row) writes what one run per output
+    writes, and a rerun of either kind finds them complete."""
+    adapter = make_adapter(varied_model_dir, tmp_path / "adapter", seed=3)
+    runs = {"plain": [], "adapted": ["--adapter", str(adapter)]}
+    jobs = tmp_path / "rows.jobs"
+    jobs.write_text("".join(json.dumps({"test_file": str(real_test_file), "base_model": str(varied_model_dir),
+                                        "out": str(tmp_path / "jobs" / name / "output.jsonl"),
+                                        "adapter": extra[1:]}) + "\n" for name, extra in runs.items()))
+    common = ["--mode", "score", "--limit", "3", "--threads", "1"]
+    main(["--jobs", str(jobs), *common])
+    for name, extra in runs.items():
+        single = tmp_path / "single" / name / "output.jsonl"
+        main(gen_args(real_test_file, varied_model_dir, single, *common, *extra))
+        assert single.read_bytes() == (tmp_path / "jobs" / name / "output.jsonl").read_bytes()
+    capsys.readouterr()
+    main(["--jobs", str(jobs), *common])
+    assert capsys.readouterr().out.count("already complete") == 2

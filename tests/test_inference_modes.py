@@ -1,5 +1,6 @@
-"""Decoding modes on real prompts: constrained output is always 5 distinct candidates of the prompt
-(whatever the tokenizer does at title boundaries); score ranks equal a direct computation."""
+"""Decoding modes on real prompts (HF backend): constrained output is always 5 distinct candidates of the
+prompt (whatever the tokenizer does at title boundaries) and equals generate with the allowed tokens of
+each prompt alone; score ranks equal a direct computation. Runs in both environments."""
 
 import random
 import re
@@ -9,11 +10,11 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from common.prompt import SEP, split_titles
-from inference.constrained import CandidateConstraint, CandidateMask
+from inference.constrained import CandidateConstraint
 from inference.generate import main, read_tests
-from inference.hf_backend import HFRunner
+from inference.hf_backend import CandidateLogits, HFRunner
 from inference.loading import load_model, load_tokenizer
-from inference.scoring import candidate_tokens
+from inference.records import candidate_tokens, prompt_ids
 from tests.helpers import gen_args, read_lines
 
 TRICKY = ["Foo", "Foo Bar", "Foo Bar 2", "Foo|", "|Bar", "Eye Cream| | Age Eye Cream |100%",
@@ -34,7 +35,7 @@ def runner(varied_model_dir):
 def examples(real_test_file, runner):
     exs = read_tests(str(real_test_file), "score")
     for ex in exs:
-        ex["prompt_ids"] = runner.prompt_ids(ex["system"], ex["user"])
+        ex["prompt_ids"] = prompt_ids(runner.tok, ex["system"], ex["user"])
     return exs
 
 
@@ -45,20 +46,27 @@ def test_real_prompts_hold_the_hard_titles(examples):
     assert any(re.search(r"\d", t) for t in titles)
 
 
+def constrained_tokens(runner, batch):
+    """The HF backend's constrained generation of a batch: (constraints, generated ids per prompt)."""
+    constraints = runner.constraints(batch)
+    gens = runner._generate(batch, max(c.max_tokens for c in constraints),
+                            lambda width: CandidateLogits(constraints, width))
+    return constraints, gens
+
+
 def test_constrained_output_is_five_distinct_candidates(runner, examples):
     tok = runner.tok
     for start in range(0, len(examples), 4):
         batch = examples[start:start + 4]
-        constraints = [CandidateConstraint(ex["candidates"], tok, tok.eos_token_id) for ex in batch]
-        constraint = CandidateMask(constraints)
-        gen = runner._generate(batch, max(c.max_tokens for c in constraints), constraint)
-        for ex, titles, ids in zip(batch, constraint.results(), gen):
+        constraints, gens = constrained_tokens(runner, batch)
+        for ex, c, ids in zip(batch, constraints, gens):
+            titles = c.parse(ids)
             assert len(titles) == 5 and len(set(titles)) == 5
             assert set(titles) <= set(ex["candidates"])
             # the generated tokens spell exactly the written answer
             assert tok.decode(ids, skip_special_tokens=True) == SEP.join(titles)
         records = runner(batch)
-        assert [r["output"] for r in records] == [SEP.join(t) for t in constraint.results()]
+        assert [r["output"] for r in records] == [SEP.join(c.parse(g)) for c, g in zip(constraints, gens)]
 
 
 def constrained_alone(model, tok, prompt, constraint):
@@ -75,22 +83,19 @@ def constrained_alone(model, tok, prompt, constraint):
                               temperature=None, top_p=None, top_k=None)
     with torch.no_grad():
         out = model.generate(input_ids=torch.tensor([prompt]), generation_config=config,
-                             prefix_allowed_tokens_fn=allowed, use_model_defaults=False)
+                             prefix_allowed_tokens_fn=allowed)
     return out[0, len(prompt):].tolist()
 
 
-def test_constrained_decoding_equals_generate_with_allowed_tokens(runner, examples):
-    """The decoder computes logits for the allowed tokens only, two rows at a time, finished rows
-    replaced: the same tokens as masking the full logits, each prompt alone."""
-    tok, batch = runner.tok, examples[:5]
-    constraints = [CandidateConstraint(ex["candidates"], tok, tok.eos_token_id) for ex in batch]
+def test_constrained_batches_equal_generate_with_allowed_tokens(runner, examples):
+    """Batches of two left-padded prompts through the backend's logits processor: the tokens of
+    transformers' own prefix_allowed_tokens_fn on each prompt alone."""
+    tok, batch = runner.tok, examples[:6]
     expected = [constrained_alone(runner.model, tok, ex["prompt_ids"], c)
-                for ex, c in zip(batch, constraints)]
-    runner.batch_size = 2
-    try:
-        got = runner._generate(batch, max(c.max_tokens for c in constraints), CandidateMask(constraints))
-    finally:
-        runner.batch_size = 16
+                for ex, c in zip(batch, runner.constraints(batch))]
+    got = []
+    for i in range(0, len(batch), 2):
+        got += constrained_tokens(runner, batch[i:i + 2])[1]
     assert got == expected
     assert all(ids[-1] == tok.eos_token_id for ids in got)
 
@@ -122,6 +127,17 @@ def test_every_allowed_path_spells_distinct_candidates(random_model_dir):
             assert tok.decode(ids[:-1]) == SEP.join(titles)
             assert len(ids) <= constraint.max_tokens
     print(f"at most {widest} parses were alive at once")
+
+
+def test_automaton_from_tokens_is_the_same(random_model_dir):
+    """What travels to vLLM's engine process (token lists, no tokenizer) rebuilds the same automaton."""
+    tok = AutoTokenizer.from_pretrained(random_model_dir)
+    built = CandidateConstraint(TRICKY, tok, tok.eos_token_id, k=5)
+    spec = built.spec()
+    again = CandidateConstraint.from_tokens(spec["mid"], spec["last"], spec["eos"], spec["k"])
+    for a, b in zip(built.tries, again.tries):
+        assert (a.children, a.ends, a.below) == (b.children, b.ends, b.below)
+    assert again.max_tokens == built.max_tokens
 
 
 def test_shared_title_cache_gives_the_same_automaton(random_model_dir):

@@ -112,6 +112,28 @@ def test_per_module_weights_reach_their_modules(random_model_dir, adapters, tmp_
     assert same[0] == same[1]
 
 
+def test_stacked_output_is_peft_cat_combination(random_model_dir, adapters, tmp_path):
+    """PEFT's own add_weighted_adapter(combination_type="cat") with the lambdas as weights is an
+    independent reference for the stacked output (it puts lambda_i s_i on A_i, we on B_i)."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    names, w = ["t", "ts1", "ts2"], [0.5, 1.0, -1.0]
+    assert merge("--adapters", *[adapters[n] for n in names], "--out", tmp_path / "stacked",
+                 "--weights", *w) == 0
+    lambdas = torch.softmax(torch.tensor(w, dtype=torch.float64), 0).tolist()
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(random_model_dir), adapters["t"],
+                                      adapter_name="t")
+    for n in names[1:]:
+        model.load_adapter(adapters[n], adapter_name=n)
+    model.add_weighted_adapter(names, lambdas, "cat", combination_type="cat")
+    ours = peft_deltas(random_model_dir, tmp_path / "stacked")
+    for name, mod in model.base_model.model.named_modules():
+        if isinstance(mod, LoraLayer):
+            assert mod.r["cat"] == sum(mod.r[n] for n in names)
+            assert_close_rel(ours[name], mod.get_delta_weight("cat").float())
+
+
 def test_bf16_in_bf16_out_accumulated_in_float32(random_model_dir, adapters, tmp_path):
     ins = [adapters["bf16"], adapters["t"], adapters["ts1"]]
     mixed = tmp_path / "mixed"

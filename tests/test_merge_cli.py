@@ -80,6 +80,9 @@ def case_args(name, pair, tmp):
         "ties stacked": (["--method", "ties"], "--output svd or --output full"),
         "ties negative weight": (["--method", "ties", "--output", "svd", "--weights", "1", "-1"], "positive"),
         "full without base": (["--output", "full", "--base-model", tmp / "no-model"], "base model"),
+        "option the method does not take": (["--density", "0.3"], "--density does not apply to --method weaverec"),
+        "drop rate for ties": (["--method", "ties", "--output", "svd", "--drop-rate", "0.3"], "(it takes --density"),
+        "density out of range": (["--method", "ties", "--output", "svd", "--density", "2"], "--density must be in (0, 1]"),
     }[name]
     return pair, extra, word
 
@@ -87,7 +90,7 @@ def case_args(name, pair, tmp):
 CASES = ["missing adapter", "checkpoint folders only", "pickle only", "nan tensor", "different modules",
          "different base model", "weights file keys", "weights file length", "weights file pickle",
          "zero temperature", "negative temperature", "weights count", "ties stacked", "ties negative weight",
-         "full without base"]
+         "full without base", "option the method does not take", "drop rate for ties", "density out of range"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from merge.methods import (
+    METHODS,
+    PARAMS,
+    check_weights,
     coefficients,
+    is_linear,
     dare_linear,
     dare_ties,
     linear,
@@ -114,7 +118,21 @@ def test_linear_methods_and_their_coefficients_agree():
     close(weaverec(deltas, w, normalize="sigmoid"), sum(s * d for s, d in zip(sig, deltas)))
     close(linear(deltas, w), sum(x * d for x, d in zip(w.tolist(), deltas)) / 2.5)
     close(task_arithmetic(deltas, w, scale=0.3), 0.3 * sum(x * d for x, d in zip(w.tolist(), deltas)))
-    for method in ("weaverec", "linear", "task_arithmetic"):
-        c = coefficients(method, w, temperature=2.0, scale=0.3)
-        close(merge_deltas(method, deltas, w, temperature=2.0, scale=0.3),
-              sum(ci * d for ci, d in zip(c.tolist(), deltas)))
+    for method, params in (("weaverec", {"temperature": 2.0}), ("linear", {}), ("task_arithmetic", {"scale": 0.3})):
+        c = coefficients(method, w, **params)
+        close(merge_deltas(method, deltas, w, **params), sum(ci * d for ci, d in zip(c.tolist(), deltas)))
+
+
+def test_every_method_is_one_record_and_refuses_what_it_does_not_declare():
+    deltas, w = small_deltas(), torch.tensor([1.0, 2.0, 0.5])
+    for name, record in METHODS.items():
+        assert set(record.params) <= set(PARAMS), name
+        assert record.paper, name
+        assert torch.isfinite(merge_deltas(name, deltas, w)).all()  # the declared defaults suffice
+        assert is_linear(name) == (record.coefficients is not None)
+    with pytest.raises(ValueError, match="weaverec does not take density"):
+        merge_deltas("weaverec", deltas, w, density=0.5)
+    with pytest.raises(ValueError, match="drop_rate must be in"):
+        merge_deltas("dare_ties", deltas, w, drop_rate=1.0)
+    with pytest.raises(ValueError, match="positive"):
+        check_weights("ties", torch.tensor([1.0, -1.0]))

@@ -174,7 +174,7 @@ def test_content_weighs_rare_words_above_common_ones():
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda p: p.write_text(p.read_text().split("\n", 1)[1]), "lines but the test file has"),
-    (lambda p: p.write_text("not json\n" + p.read_text()), "not a jsonl prediction file line"),
+    (lambda p: p.write_text("not json\n" + p.read_text()), "not valid JSON"),
     (lambda p: p.write_text(p.read_text().replace("\n", "\n\n", 1)), "blank line"),
     (lambda p: p.write_text(p.read_text().replace('"id": 3,', '"id": 4,')), "does not match line index"),
 ])

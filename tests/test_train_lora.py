@@ -1,49 +1,95 @@
-"""LoRA training through LLaMA-Factory with scripts/train_lora.sh: real run on Beauty, errors, multi-GPU command."""
+"""LoRA training through LLaMA-Factory with scripts/train_lora.sh: a real run on Beauty killed with SIGKILL and
+resumed, finished modules skipped or retrained, the console and train.log, one-line errors, train_modules.sh."""
 
 import json
 import os
 import shlex
+import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 import torch
-import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.helpers import REPO
+from common.dataset_info import register
+from tests.helpers import REPO, run_train_lora
 
-GPU_CONFIG = "scripts/train_configs/qwen2_7b_lora.yaml"
-DS_CONFIG = "scripts/train_configs/ds_z2_config.json"
+# 12 epochs over 16 real samples: 24 steps, a checkpoint every 6, the last two kept (tiny_cpu_lora.yaml)
+EXTRA = "max_samples=16 num_train_epochs=12 logging_steps=2 save_steps=6 learning_rate=1e-2 warmup_ratio=0"
 
 
-def train_lora(dataset, **env):
-    """Run scripts/train_lora.sh as a user does, with path variables from `env`."""
-    full = dict(os.environ, **{k: str(v) for k, v in env.items()})
-    return subprocess.run(["bash", "scripts/train_lora.sh", dataset], check=False, cwd=REPO, env=full,
-                          capture_output=True, text=True, timeout=900)
+def last_complete_checkpoint(folder):
+    steps = [int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(steps) if steps else None
+
+
+def dry_run(dataset="beauty", **env):
+    proc = run_train_lora(dataset, DRY_RUN=1, **env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    env_lines = [line for line in lines if "=" in line.split(" ", 1)[0] and not line.startswith("[")]
+    plan = next(line[2:] for line in lines if line.startswith("# "))
+    cmd = shlex.split(lines[-1]) if plan != "skip" else []
+    return dict(line.split("=", 1) for line in env_lines), plan, cmd, proc.stdout
 
 
 @pytest.fixture(scope="module")
-def trained(built_model, beauty_dir, tmp_path_factory):
+def resumed(built_model, beauty_dir, tmp_path_factory):
+    """A run killed (SIGKILL, the whole process group) once a checkpoint is saved, looked at, then run again."""
     save = tmp_path_factory.mktemp("save")
-    # 12 epochs over 16 real samples (24 steps): a LoRA that learns lowers the loss on them
-    proc = train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=save,
-                      EXTRA="max_samples=16 num_train_epochs=12 logging_steps=2 save_steps=12 "
-                            "learning_rate=1e-2 warmup_ratio=0")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return save / "beauty"
+    env = dict(os.environ, MODEL=str(built_model), DATA_DIR=str(beauty_dir), SAVE_DIR=str(save), EXTRA=EXTRA)
+    first = subprocess.Popen(["bash", "scripts/train_lora.sh", "beauty"], cwd=REPO, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = save / "beauty.partial"
+    deadline = time.time() + 600
+    while not (partial / "checkpoint-12" / "trainer_state.json").is_file():
+        assert first.poll() is None and time.time() < deadline, "the run ended before its checkpoint-12"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    facts = {"killed": sorted(p.name for p in partial.iterdir()), "finished": (save / "beauty").exists(),
+             "step": last_complete_checkpoint(partial)}
+    same = dry_run(MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=save, EXTRA=EXTRA)
+    other = dry_run(MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=save, EXTRA=EXTRA + " lora_dropout=0.1")
+    rerun = run_train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=save, EXTRA=EXTRA)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    return {"out": save / "beauty", "save": save, "same": same, "other": other, "rerun": rerun, **facts}
 
 
 @pytest.mark.slow
-def test_lora_trains_loss_falls_and_adapter_changes_the_model(trained, built_model, beauty_dir):
-    assert (trained / "adapter_config.json").is_file() and (trained / "training_loss.png").is_file()
-    assert (trained / "checkpoint-12" / "adapter_model.safetensors").is_file()
-    logs = [json.loads(line) for line in (trained / "trainer_log.jsonl").read_text().splitlines()]
+def test_killed_run_is_unfinished_and_resumes_from_its_last_checkpoint(resumed):
+    step = resumed["step"]
+    assert step >= 12 and not resumed["finished"]  # no save/beauty until the run is done
+    _, plan, cmd, _ = resumed["same"]
+    assert plan == "resume" and f"resume_from_checkpoint={resumed['save']}/beauty.partial/checkpoint-{step}" in cmd
+    _, plan, cmd, _ = resumed["other"]
+    assert plan == "fresh" and not any(arg.startswith("resume_from_checkpoint") for arg in cmd)
+    assert "other inputs (overrides changed)" in resumed["other"][3]
+
+    out = resumed["out"]
+    assert f"resuming {resumed['save']}/beauty.partial from checkpoint-{step}" in resumed["rerun"].stdout
+    assert f"Continuing training from global step {step}" in (out / "train.log").read_text()
+    assert json.loads((out / "weaverec_train.json").read_text())["resumed_from"] == [f"checkpoint-{step}"]
+    assert not (resumed["save"] / "beauty.partial").exists()
+    logged = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert [row["current_steps"] for row in logged if "loss" in row] == list(range(2, 25, 2))
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 24
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-18", "checkpoint-24"]
+
+
+@pytest.mark.slow
+def test_resumed_lora_learned_and_changes_the_model(resumed, built_model, beauty_dir):
+    out = resumed["out"]
+    assert (out / "adapter_config.json").is_file() and (out / "training_loss.png").is_file()
+    logs = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     losses = [row["loss"] for row in logs if "loss" in row]
     assert len(losses) == 12 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.3, losses
-    config = json.loads((trained / "adapter_config.json").read_text())
+    config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 16 and {"q_proj", "v_proj", "down_proj"} <= set(config["target_modules"])
+    assert (out / "adapter_model.safetensors").read_bytes() == (out / "checkpoint-24" / "adapter_model.safetensors").read_bytes()
 
     tok = AutoTokenizer.from_pretrained(built_model)
     sample = json.loads((beauty_dir / "beauty.jsonl").read_text().splitlines()[-1])
@@ -51,99 +97,148 @@ def test_lora_trains_loss_falls_and_adapter_changes_the_model(trained, built_mod
     base = AutoModelForCausalLM.from_pretrained(built_model)
     with torch.no_grad():
         before = base(ids).logits
-        after = PeftModel.from_pretrained(base, trained)(ids).logits
+        after = PeftModel.from_pretrained(base, out)(ids).logits
     assert (after - before).abs().max() > 1e-3
 
 
-def dry_run(**env):
-    proc = train_lora("beauty", DRY_RUN=1, **env)
-    assert proc.returncode == 0, proc.stderr
-    *env_lines, command = proc.stdout.strip().splitlines()
-    return dict(line.split("=", 1) for line in env_lines), shlex.split(command)
+@pytest.mark.slow
+def test_console_is_short_and_llamafactory_output_goes_to_train_log(resumed):
+    rerun = resumed["rerun"]
+    assert len(rerun.stdout.splitlines()) <= 6 and "input_ids" not in rerun.stdout + rerun.stderr
+    assert "beauty: step 24/24, loss" in rerun.stderr
+    assert f"[train_lora] wrote {resumed['out']} in " in rerun.stdout.splitlines()[-1]
+    log = (resumed["out"] / "train.log").read_text()
+    assert "input_ids" in log and log.count("=== ") == 2  # both runs, each under a header with its command
 
 
-def test_multi_gpu_command_uses_llamafactory_torchrun_and_paper_config(built_model, beauty_dir, tmp_path):
-    from llamafactory.hparams.parser import _TRAIN_ARGS
-    from omegaconf import OmegaConf
+@pytest.mark.slow
+def test_finished_module_is_skipped_and_retrained_when_data_or_model_change(resumed, built_model, beauty_dir, tmp_path):
+    adapter = resumed["out"] / "adapter_model.safetensors"
+    before = adapter.stat().st_mtime_ns
+    again = run_train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=resumed["save"], EXTRA=EXTRA)
+    assert again.returncode == 0 and "skipped: " in again.stdout and "up to date" in again.stdout
+    assert adapter.stat().st_mtime_ns == before and "wrote" not in again.stdout
 
-    env, cmd = dry_run(MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path, NPROC=8,
-                       CONFIG=GPU_CONFIG, DEEPSPEED=DS_CONFIG)
-    assert env["FORCE_TORCHRUN"] == "1" and env["NPROC_PER_NODE"] == "8"
-    assert cmd[0].endswith("llamafactory-cli") and cmd[1:3] == ["train", GPU_CONFIG]
-    # the arguments LLaMA-Factory will see: the YAML merged with the overrides, as its read_args does
-    args = OmegaConf.to_container(OmegaConf.merge(yaml.safe_load((REPO / GPU_CONFIG).read_text()),
-                                                  OmegaConf.from_cli(cmd[3:])))
-    known = {f for cls in _TRAIN_ARGS for f in cls.__dataclass_fields__}
-    assert set(args) <= known, set(args) - known
-    paper = {"lora_rank": 16, "lora_dropout": 0.05, "lora_target": "all", "cutoff_len": 1200,
-             "learning_rate": 2e-4, "lr_scheduler_type": "cosine", "num_train_epochs": 2.0, "bf16": True,
-             "per_device_train_batch_size": 2, "gradient_accumulation_steps": 8, "warmup_ratio": 0.05,
-             "val_size": 0.02, "eval_steps": 30, "save_steps": 30, "load_best_model_at_end": True, "seed": 42,
-             "template": "qwen", "stage": "sft", "finetuning_type": "lora", "trust_remote_code": False}
-    assert {k: args[k] for k in paper} == paper
-    assert args["dataset"] == "beauty" and args["output_dir"] == f"{tmp_path}/beauty"
-    assert args["model_name_or_path"] == str(built_model) and args["deepspeed"] == DS_CONFIG
-    ds = json.loads((REPO / DS_CONFIG).read_text())
-    assert ds["zero_optimization"]["stage"] == 2 and ds["train_micro_batch_size_per_gpu"] == "auto"
+    data = tmp_path / "data"
+    shutil.copytree(beauty_dir, data)  # the same content elsewhere is the same data
+    assert dry_run(MODEL=built_model, DATA_DIR=data, SAVE_DIR=resumed["save"], EXTRA=EXTRA)[1] == "skip"
+    lines = (data / "beauty.jsonl").read_text().splitlines(keepends=True)
+    (data / "beauty.jsonl").write_text("".join(lines[1:] + lines[:1]))
+    _, plan, _, stdout = dry_run(MODEL=built_model, DATA_DIR=data, SAVE_DIR=resumed["save"], EXTRA=EXTRA)
+    assert plan == "fresh" and "trained from other inputs (data changed): retrained" in stdout
+
+    model = tmp_path / "model"
+    shutil.copytree(built_model, model)
+    base = AutoModelForCausalLM.from_pretrained(model)
+    with torch.no_grad():
+        base.model.norm.weight.mul_(1.01)
+    base.save_pretrained(model)
+    _, plan, _, stdout = dry_run(MODEL=model, DATA_DIR=beauty_dir, SAVE_DIR=resumed["save"], EXTRA=EXTRA)
+    assert plan == "fresh" and "(model changed)" in stdout
+    assert adapter.is_file()  # a dry run changes nothing
 
 
 def test_single_process_run_does_not_force_torchrun(built_model, beauty_dir, tmp_path):
-    env, cmd = dry_run(MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path, FORCE_TORCHRUN="")
-    assert "FORCE_TORCHRUN" not in env and "HF_DATASETS_CACHE" in env
-    assert "scripts/train_configs/tiny_cpu_lora.yaml" in cmd and f"output_dir={tmp_path}/beauty" in cmd
+    env, plan, cmd, _ = dry_run(MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path, FORCE_TORCHRUN="")
+    assert "FORCE_TORCHRUN" not in env and "HF_DATASETS_CACHE" in env and plan == "fresh"
+    assert "scripts/train_configs/tiny_cpu_lora.yaml" in cmd and f"output_dir={tmp_path}/beauty.partial" in cmd
+    assert "bf16=false" in cmd and "fp16=false" in cmd
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_any_registered_dataset_name_trains(built_model, beauty_dir, tmp_path):
+    shutil.copy(beauty_dir / "beauty.jsonl", tmp_path / "sports_small.jsonl")
+    register(str(tmp_path), ["sports_small"])
+    _, plan, cmd, _ = dry_run("sports_small", MODEL=built_model, DATA_DIR=tmp_path, SAVE_DIR=tmp_path / "save")
+    assert plan == "fresh" and "dataset=sports_small" in cmd
 
 
 @pytest.mark.parametrize("dataset, env, message", [
-    ("beauty_nope", {}, "error: unknown dataset name 'beauty_nope'"),
-    ("beauty_sports", {}, "error: dataset 'beauty_sports' is not registered in"),
+    ("beauty_nope", {}, "error: dataset 'beauty_nope' is not registered in"),
+    ("../beauty", {}, "error: dataset name '../beauty' is not a plain name"),
     ("beauty", {"MODEL": "no/such/model"}, "error: base model folder not found: no/such/model"),
     ("beauty", {"CONFIG": "no/such.yaml"}, "error: training config not found: no/such.yaml"),
     ("beauty", {"NPROC": "two"}, "error: NPROC must be a whole number"),
+    ("beauty", {"DEEPSPEED": "ds.json"}, "error: DEEPSPEED is not supported"),
+    ("beauty", {"EXTRA": "deepspeed=ds.json"}, "error: DeepSpeed is not supported"),
+    ("beauty", {"PRECISION": "bf16"}, "error: PRECISION=bf16 but there is no CUDA GPU here; use PRECISION=fp32"),
+    ("beauty", {"PRECISION": "fp16"}, "error: PRECISION=fp16 but there is no CUDA GPU here"),
+    ("beauty", {"PRECISION": "half"}, "error: PRECISION must be one of auto, bf16, fp16, fp32"),
+    ("beauty", {"NPROC": "2", "EXTRA": "load_best_model_at_end=true"},
+     "error: load_best_model_at_end can deadlock several processes"),
+    ("beauty", {"EXTRA": "val_size=0.1 eval_strategy=steps eval_steps=5 save_steps=10 metric_for_best_model=eval_loss"},
+     "error: save_steps must equal eval_steps"),
 ])
 def test_bad_inputs_fail_in_one_line(built_model, beauty_dir, tmp_path, dataset, env, message):
-    proc = train_lora(dataset, **{"MODEL": built_model, "DATA_DIR": beauty_dir, "SAVE_DIR": tmp_path, **env})
-    assert proc.returncode != 0
+    proc = run_train_lora(dataset, **{"MODEL": built_model, "DATA_DIR": beauty_dir, "SAVE_DIR": tmp_path, **env})
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prompts_longer_than_cutoff_len_are_refused_with_the_options(built_model, beauty_dir, tmp_path):
+    proc = run_train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path, EXTRA="cutoff_len=300")
+    error = proc.stderr.strip()
+    assert proc.returncode == 2 and "samples" in error and "are longer than cutoff_len 300 tokens (longest " in error
+    assert 'raise cutoff_len (EXTRA="cutoff_len=' in error and "lower HISTORY" in error
 
 
 def test_missing_llamafactory_is_one_line(built_model, beauty_dir, tmp_path):
     """A Python without LLaMA-Factory (a venv made without it) is named, not a traceback."""
     bare = tmp_path / "bare"
     subprocess.run(["python3", "-m", "venv", "--without-pip", str(bare)], check=True)
-    proc = train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path / "save",
-                      PYTHON=bare / "bin" / "python")
+    proc = run_train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path / "save",
+                          PYTHON=bare / "bin" / "python")
     assert proc.returncode != 0
     assert proc.stderr.strip() == "error: LLaMA-Factory is not installed in this Python (pip install -r requirements.txt)"
 
 
-def test_train_modules_trains_target_hybrids_and_comparisons_skipping_finished(built_model, beauty_dir, tmp_path):
-    from common.dataset_info import register
-
+def test_train_modules_skips_finished_and_resumes_partial_modules(built_model, beauty_dir, tmp_path):
     line = (beauty_dir / "beauty.jsonl").read_text().splitlines()[0] + "\n"
     names = ["sports", "sports_beauty", "sports_toys", "beauty", "toys", "sports_beauty_toys"]
     for name in names:
         (tmp_path / f"{name}.jsonl").write_text(line)
     register(str(tmp_path), names)
-    (tmp_path / "save" / "sports_beauty").mkdir(parents=True)
-    (tmp_path / "save" / "sports_beauty" / "adapter_model.safetensors").write_bytes(b"done")
+    save = tmp_path / "save"
+    (save / "sports_beauty").mkdir(parents=True)
+    (save / "sports_beauty" / "adapter_model.safetensors").write_bytes(b"done")
+    (save / "toys.partial").mkdir()  # an interrupted module: an adapter at its top is not a finished one
+    (save / "toys.partial" / "adapter_model.safetensors").write_bytes(b"partial")
     env = dict(os.environ, TARGET="sports", SOURCES="beauty toys", SOURCE_ONLY="1", MIXED_ALL="1", DRY_RUN="1",
-               MODEL=str(built_model), DATA_DIR=str(tmp_path), SAVE_DIR=str(tmp_path / "save"))
+               MODEL=str(built_model), DATA_DIR=str(tmp_path), SAVE_DIR=str(save))
     proc = subprocess.run(["bash", "scripts/train_modules.sh"], check=False, cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     trained = [arg.split("=", 1)[1] for out in proc.stdout.splitlines() if "llamafactory-cli" in out
                for arg in shlex.split(out) if arg.startswith("dataset=")]
     assert trained == ["sports", "sports_toys", "beauty", "toys", "sports_beauty_toys"]
-    assert "sports_beauty: skipped" in proc.stdout
+    assert "sports_beauty: skipped" in proc.stdout and "toys: dry run" in proc.stdout
 
 
-def test_failed_run_leaves_no_finished_looking_adapter(built_model, beauty_dir, tmp_path):
+def test_failed_run_leaves_no_finished_looking_adapter_and_shows_the_log(built_model, beauty_dir, tmp_path):
     """Retraining over an old module that then fails must not leave the old adapter looking like the new one."""
     old = tmp_path / "beauty"
     old.mkdir()
     (old / "adapter_model.safetensors").write_bytes(b"old run")
-    proc = train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path, EXTRA="no_such_argument=1")
-    assert proc.returncode != 0
-    assert not (old / "adapter_model.safetensors").exists()
+    proc = run_train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path,
+                          EXTRA="no_such_argument=1", SKIP_EXISTING=0)
+    assert proc.returncode == 1
+    assert not old.exists() and not (tmp_path / "beauty.partial" / "adapter_model.safetensors").exists()
+    first, *tail = proc.stderr.strip().splitlines()
+    assert first == f"error: LLaMA-Factory failed on beauty (exit 1); the last lines of {tmp_path}/beauty.partial/train.log:"
+    assert any("no_such_argument" in line for line in tail) and len(tail) <= 30
+
+
+@pytest.mark.slow
+def test_checkpoint_size_is_what_the_preflight_estimates(resumed, built_model):
+    """models/estimate.py sizes the 7B module's disk from the same formula: check it on a real checkpoint."""
+    import yaml
+
+    from models import estimate
+
+    cfg = json.loads((built_model / "config.json").read_text())
+    train = yaml.safe_load((REPO / "scripts/train_configs/tiny_cpu_lora.yaml").read_text())
+    folder = resumed["out"] / "checkpoint-24"
+    real = sum(p.stat().st_size for p in folder.iterdir())
+    assert abs(estimate.checkpoint_bytes(cfg, train, str(built_model)) - real) < 0.05 * real

@@ -1,0 +1,164 @@
+"""What learn_weights minimises: prompts with their candidates, differentiable candidate scores, objectives.
+
+A candidate's score is the score mode's (inference/scoring.py): s(c) = sum_j log p(u_j | prompt, u_<j)
+over u = the tokens of `title||` (or that sum / len(u), norm "mean"), so the objectives see the
+ranking that `inference.generate --mode score` makes. Over each prompt's K candidates
+p_k = softmax(s)_k, and
+- likelihood: -log p_true, the cross-entropy of the candidate ranking (the log-likelihood of the
+  true next item under the model's distribution over the candidates); needs labelled samples;
+- entropy: -sum_k p_k log p_k (AdaMerging, Yang et al., ICLR 2024; RecCocktail); reads no label.
+Both are averaged over prompts.
+
+Scoring is one forward pass per batch, with gradients: each row is a prompt followed by all its
+candidates packed end to end; a 4D mask lets a candidate token see the prompt and the earlier tokens
+of its own candidate only, and its position ids restart at the prompt's end, so every candidate is
+scored as if it followed the prompt alone (the packing of inference/scoring.py, without a KV cache).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from common.cli import UserError
+from common.io import read_jsonl
+from common.prompt import SEP, parse_user_prompt, sample_parts, split_titles
+
+
+@dataclass
+class Prompt:
+    """One prompt's token ids, its candidates' continuation ids, and the true candidate's index."""
+    ids: list
+    candidates: list
+    label: int = None
+
+
+def unique_titles(titles):
+    """Candidates without empties and repeats, first occurrence kept (as the score mode ranks them)."""
+    return list(dict.fromkeys(t for t in titles if t.strip()))
+
+
+def prompt_ids(tokenizer, system, user):
+    """Chat template over [system, user] with the generation prompt, as inference builds prompts."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                              return_dict=False))
+
+
+def read_prompts(path, tokenizer, labelled, limit=None):
+    """Prompts of a WeaveRec jsonl file. With labelled=False the answer is never looked at.
+
+    labelled=True: each line's true item is the first title of its assistant answer, which must be
+    one of its candidates; a line without an answer is an error. labelled=False: assistant messages
+    are dropped from each line before anything else is read from it.
+    """
+    rows = read_jsonl(path, "prompt file")[:limit]
+    if not rows:
+        raise UserError(f"{path}: no samples (empty file)")
+    out = []
+    for i, row in enumerate(rows, 1):
+        if not labelled and isinstance(row, dict) and isinstance(row.get("messages"), list):
+            row = {"messages": [m for m in row["messages"] if not _is_answer(m)]}
+        try:
+            system, user, answer = sample_parts(row, i)
+            titles = unique_titles(parse_user_prompt(user)[1])
+        except UserError as err:
+            raise UserError(f"{path}: {err}") from None
+        if len(titles) < 2:
+            raise UserError(f"{path}: line {i}: fewer than 2 candidates")
+        label = None
+        if labelled:
+            label = _label(path, i, answer, titles)
+        cands = [tokenizer.encode(t + SEP, add_special_tokens=False) for t in titles]
+        out.append(Prompt(prompt_ids(tokenizer, system, user), cands, label))
+    return out
+
+
+def _is_answer(message):
+    return isinstance(message, dict) and message.get("role") == "assistant"
+
+
+def _label(path, lineno, answer, titles):
+    first = split_titles(answer or "")
+    if not first:
+        raise UserError(f"{path}: line {lineno} has no answer: the likelihood objective needs labelled "
+                        "samples (use --objective entropy on unlabeled prompts)")
+    stripped = [t.strip() for t in titles]
+    if first[0] not in stripped:
+        raise UserError(f"{path}: line {lineno}: the answer's first title is not one of its candidates")
+    return stripped.index(first[0])
+
+
+def pack(prompts, device, dtype):
+    """One row per prompt: prompt ids then every candidate's ids, right-padded; the 4D additive mask,
+    position ids, and for each candidate token the flat row position that predicts it."""
+    rows = [p.ids + [t for c in p.candidates for t in c] for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    allowed = torch.zeros((len(rows), width, width), dtype=torch.bool)
+    src, tok, seg, n_cands = [], [], [], 0
+    for b, (p, row) in enumerate(zip(prompts, rows)):
+        plen = len(p.ids)
+        ids[b, :len(row)] = torch.tensor(row)
+        allowed[b, :plen, :plen] = torch.ones(plen, plen, dtype=torch.bool).tril()
+        pos[b, :plen] = torch.arange(plen)
+        start = plen
+        for cand in p.candidates:
+            n = len(cand)
+            allowed[b, start:start + n, :plen] = True
+            allowed[b, start:start + n, start:start + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            pos[b, start:start + n] = torch.arange(plen, plen + n)
+            src += [b * width + plen - 1] + [b * width + start + j for j in range(n - 1)]
+            tok += cand
+            seg += [n_cands] * n
+            n_cands += 1
+            start += n
+        allowed[b, len(row):, 0] = True  # padding rows attend somewhere (their outputs are unused)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    lengths = [len(c) for p in prompts for c in p.candidates]
+    return {"input_ids": ids.to(device), "attention_mask": mask[:, None].to(device),
+            "position_ids": pos.to(device), "src": torch.tensor(src, device=device),
+            "tok": torch.tensor(tok, device=device), "seg": torch.tensor(seg, device=device),
+            "lengths": torch.tensor(lengths, dtype=torch.float32, device=device),
+            "per_prompt": [len(p.candidates) for p in prompts]}
+
+
+def candidate_scores(model, prompts, norm="sum"):
+    """Each prompt's candidate scores, with gradients, in one forward pass (float32; float64 for a
+    float64 model)."""
+    emb = model.get_input_embeddings().weight
+    batch = pack(prompts, emb.device, emb.dtype)
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+    h = hidden.reshape(-1, hidden.shape[-1])[batch["src"]]
+    logits = model.get_output_embeddings()(h)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> float32, float64 kept
+    tok_lp = logits.gather(1, batch["tok"][:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    scores = tok_lp.new_zeros(len(batch["lengths"])).index_add(0, batch["seg"], tok_lp)
+    if norm == "mean":
+        scores = scores / batch["lengths"].to(scores.dtype)
+    return list(scores.split(batch["per_prompt"]))
+
+
+def ranking_cross_entropy(scores, label):
+    """-log softmax(s)_label: cross-entropy of the candidate ranking against the true item."""
+    return -torch.log_softmax(scores, dim=-1)[label]
+
+
+def candidate_entropy(scores, label=None):
+    """-sum_k p_k log p_k with p = softmax(s); `label` is ignored (it is never read)."""
+    logp = torch.log_softmax(scores, dim=-1)
+    return -(logp.exp() * logp).sum()
+
+
+OBJECTIVES = {
+    "likelihood": {"fn": ranking_cross_entropy, "labelled": True},
+    "entropy": {"fn": candidate_entropy, "labelled": False},
+}
+
+
+def objective(model, prompts, name, norm="sum"):
+    """Mean objective over `prompts` (a scalar tensor with gradients)."""
+    fn = OBJECTIVES[name]["fn"]
+    scores = candidate_scores(model, prompts, norm)
+    return torch.stack([fn(s, p.label) for s, p in zip(scores, prompts)]).mean()
