@@ -1,4 +1,4 @@
-"""Sanity baselines built from the data alone, written as top-5 answers so they share the metric code.
+r"""Sanity baselines built from the data alone, written as top-5 answers so they share the metric code.
 
 - random: each prompt's candidates in a seeded random order (expected NDCG@1 = HR@1 = 1/30).
 - popularity: candidates sorted by train_count (interactions inside the domain's training prefixes,

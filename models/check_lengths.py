@@ -76,7 +76,7 @@ def check(path, model, template, cutoff_len, max_samples=None, max_cut=0.001, pr
         raise UserError(
             f"{stats['over']:,} of {stats['samples']:,} samples ({stats['over'] / stats['samples']:.1%}) in {path} "
             f"are longer than cutoff_len {cutoff_len:,} tokens (longest {stats['longest']:,}) and LLaMA-Factory "
-            f"would cut their end; raise cutoff_len (EXTRA=\"cutoff_len={stats['longest']}\") or lower HISTORY "
+            f"would cut their end; raise cutoff_len (TRAIN_ARGS=\"cutoff_len={stats['longest']}\") or lower HISTORY "
             f"in scripts/make_data.sh (MAX_CUT={max_cut} is the share tolerated)")
     return stats
 

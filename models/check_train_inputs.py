@@ -70,7 +70,7 @@ def effective_config(config, extra):
     try:
         return OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.from_cli(list(extra))))
     except Exception as err:  # omegaconf's own grammar errors
-        raise UserError(f"bad key=value override in EXTRA ({err})") from None
+        raise UserError(f"bad key=value override in TRAIN_ARGS ({err})") from None
 
 
 def check_training_config(cfg, world_size):
@@ -166,7 +166,7 @@ def main(argv=None):
 
 
 def check_inputs(args):
-    """(dataset file, processes in all, EXTRA words, effective config), or a UserError."""
+    """(dataset file, processes in all, TRAIN_ARGS words, effective config), or a UserError."""
     if importlib.util.find_spec("llamafactory") is None:
         raise UserError("LLaMA-Factory is not installed in this Python (pip install -r requirements.txt)")
     data_file = check_dataset(args.dataset, args.data_dir)

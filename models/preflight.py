@@ -5,7 +5,7 @@ Runs with any Python 3 (it asks each environment's own Python about its packages
 what is wrong when .venv itself is missing. scripts/preflight.sh passes the pipeline's variables.
 
     python -m models.preflight --model models/Qwen2-7B-Instruct --config scripts/train_configs/qwen2_7b_lora.yaml \
-        [--save-dir save --modules 3 --nproc 8 --backend hf|vllm --batch-size 32 --max-new-tokens 800 \
+        [--save-dir save --modules 3 --nproc 8 --backend auto|hf|vllm --batch-size 32 --max-new-tokens 800 \
          --venv .venv --vllm-venv .venv-vllm]
 """
 
@@ -188,7 +188,8 @@ def main(argv=None):
     p.add_argument("--save-dir", default="save")
     p.add_argument("--modules", type=int, default=3, help="LoRA modules the job will train (disk)")
     p.add_argument("--nproc", type=int, default=1)
-    p.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="the inference backend the job will use")
+    p.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"),
+                   help="the inference backend the job will use (auto: vllm where its environment exists, else hf)")
     p.add_argument("--batch-size", type=int, default=32, help="inference batch")
     p.add_argument("--max-new-tokens", type=int, default=800)
     p.add_argument("--venv", default=".venv")
@@ -197,7 +198,8 @@ def main(argv=None):
     report = Report()
     info = check_env(report, "training env", args.venv, TRAIN_PACKAGES, True, "bash scripts/setup.sh")
     check_env(report, "vLLM env", args.vllm_venv, VLLM_PACKAGES, args.backend == "vllm",
-              "bash scripts/setup.sh; needed for --backend vllm")
+              "VLLM=1 bash scripts/setup.sh; needed for --backend vllm, "
+              "used by auto where present")
     train = {}
     if not os.path.isfile(args.config):
         report.line("FAIL", "config", f"{args.config} not found")

@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
-# Build the hybrid training files traindata/<TARGET>_<SOURCE>.jsonl and register them for LLaMA-Factory.
+# Step 3 of 6. Build the hybrid training files $DATA_DIR/<TARGET>_<SOURCE>.jsonl (ALL_MIXED=1: also the naive
+# all-domain mix <TARGET>_<S1>_<S2>...) and register them for LLaMA-Factory; see docs/data.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
-TRAIN_DIR=${TRAIN_DIR:-traindata}
+DATA_DIR=${DATA_DIR:-traindata}
 TARGET=${TARGET:-sports}
-SOURCES=${SOURCES:-"beauty clothing"}
+SOURCES=${SOURCES:-"beauty toys"}
 CAP=${CAP:-40000}           # lines taken from each domain's file
 SEED=${SEED:-42}
 ALL_MIXED=${ALL_MIXED:-0}   # 1: also write <TARGET>_<S1>_<S2>... (naive mixed training)
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
 
-mixed=()
-if [ "$ALL_MIXED" = 1 ]; then mixed=(--all-mixed); fi
-# shellcheck disable=SC2086  # SOURCES is a list
-"$PYTHON" -m data_process.construct --train-dir "$TRAIN_DIR" --target "$TARGET" --sources $SOURCES \
-    --cap "$CAP" --seed "$SEED" "${mixed[@]}"
+step 3 "hybrid data: $TARGET + each of $SOURCES in $DATA_DIR"
+split_list sources "$SOURCES"
+mixed=(); if [ "$ALL_MIXED" = 1 ]; then mixed=(--all-mixed); fi
+"$PYTHON" -m data_process.construct --train-dir "$DATA_DIR" --target "$TARGET" --sources "${sources[@]}" \
+  --cap "$CAP" --seed "$SEED" "${mixed[@]}"

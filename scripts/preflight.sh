@@ -5,19 +5,19 @@
 #   MODEL=models/Qwen2-7B-Instruct CONFIG=scripts/train_configs/qwen2_7b_lora.yaml NPROC=8 BACKEND=vllm bash scripts/preflight.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 MODEL=${MODEL:-models/tiny-qwen2}
 CONFIG=${CONFIG:-scripts/train_configs/tiny_cpu_lora.yaml}
 SAVE_DIR=${SAVE_DIR:-save}
 MODULES=${MODULES:-3}                # LoRA modules the job trains: 1 + one per source (+ SOURCE_ONLY, MIXED_ALL)
 NPROC=${NPROC:-1}
-BACKEND=${BACKEND:-hf}               # inference backend: hf (.venv) or vllm (.venv-vllm)
+BACKEND=${BACKEND:-auto}             # inference backend: hf (.venv), vllm (.venv-vllm) or auto
 BATCH_SIZE=${BATCH_SIZE:-32}         # inference batch
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-800}
 VENV=${VENV:-.venv}
 VLLM_VENV=${VLLM_VENV:-.venv-vllm}
-# any Python 3 runs the checks: they ask each environment's own Python what it has
-PYTHON=${PYTHON:-python3}
+# any Python 3 runs the checks (they ask each environment's own Python what it has): lib.sh's choice
 
 "$PYTHON" -m models.preflight --model "$MODEL" --config "$CONFIG" --save-dir "$SAVE_DIR" --modules "$MODULES" \
   --nproc "$NPROC" --backend "$BACKEND" --batch-size "$BATCH_SIZE" --max-new-tokens "$MAX_NEW_TOKENS" \

@@ -6,6 +6,7 @@
 # Each is skipped when its requirements have not changed since its last successful install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 VENV=${VENV:-.venv}
 VLLM=${VLLM:-0}                                   # 1: build $VLLM_VENV too

@@ -6,6 +6,7 @@
 # Arguments go to both pytest runs (e.g. -q, -x); TESTS=training or TESTS=vllm runs one of them only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 TESTS=${TESTS:-all}                     # all | training | vllm
 VLLM_VENV=${VLLM_VENV:-.venv-vllm}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train one LoRA module with LLaMA-Factory on a registered dataset: bash scripts/train_lora.sh <dataset>
+# Step 4 of 6, one module (scripts/train_modules.sh trains them all). Train one LoRA module with LLaMA-Factory on a registered dataset: bash scripts/train_lora.sh <dataset>
 #   <dataset>: any name in $DATA_DIR/dataset_info.json, e.g. sports, sports_beauty, sports_beauty_toys.
 # Trains in $SAVE_DIR/<dataset>.partial/ and renames it to $SAVE_DIR/<dataset>/ when done, with the chosen
 # adapter at its top (the best evaluated checkpoint when the config evaluates, else the last step), so a
@@ -10,6 +10,7 @@
 # MASTER_PORT too, on a shared file system. DRY_RUN=1 checks and prints the plan and the command, changing nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 MODEL=${MODEL:-models/tiny-qwen2}
 CONFIG=${CONFIG:-scripts/train_configs/tiny_cpu_lora.yaml}
@@ -21,14 +22,13 @@ NODE_RANK=${NODE_RANK:-0}
 PRECISION=${PRECISION:-auto}    # auto: the config's, or the best the hardware has (bf16 > fp16 > fp32) | bf16 | fp16 | fp32
 MAX_CUT=${MAX_CUT:-0.001}       # share of samples longer than cutoff_len tolerated (they lose their end)
 SKIP_EXISTING=${SKIP_EXISTING:-1}
-EXTRA=${EXTRA:-}                # more key=value overrides for llamafactory-cli, space-separated
+TRAIN_ARGS=${TRAIN_ARGS:-}      # more key=value overrides for llamafactory-cli, space-separated
 DRY_RUN=${DRY_RUN:-0}
 LOG_TAIL=${LOG_TAIL:-30}        # lines of train.log shown when training fails
-if [ -x .venv/bin/python ]; then PYTHON=${PYTHON:-.venv/bin/python}; else PYTHON=${PYTHON:-python3}; fi
 
 if [ $# -ne 1 ]; then
   echo "usage: bash scripts/train_lora.sh <dataset>   (env: MODEL CONFIG DATA_DIR SAVE_DIR NPROC NNODES NODE_RANK" \
-       "MASTER_ADDR MASTER_PORT PRECISION MAX_CUT SKIP_EXISTING EXTRA DRY_RUN)" >&2
+       "MASTER_ADDR MASTER_PORT PRECISION MAX_CUT SKIP_EXISTING TRAIN_ARGS DRY_RUN)" >&2
   exit 2
 fi
 DATASET=$1
@@ -46,7 +46,7 @@ export PATH="$BIN_DIR:$PATH"
 dry=(); if [ "$DRY_RUN" = "1" ] || [ "$NODE_RANK" != "0" ]; then dry=(--dry-run); fi
 plan_file=$(mktemp)
 "$PYTHON" -m models.check_train_inputs --dataset "$DATASET" --data-dir "$DATA_DIR" --model "$MODEL" \
-  --config "$CONFIG" --out "$OUT" --plan-file "$plan_file" --extra "$EXTRA" --nproc "$NPROC" --nnodes "$NNODES" \
+  --config "$CONFIG" --out "$OUT" --plan-file "$plan_file" --extra "$TRAIN_ARGS" --nproc "$NPROC" --nnodes "$NNODES" \
   --precision "$PRECISION" --max-cut "$MAX_CUT" --skip-existing "$SKIP_EXISTING" "${dry[@]}" || { rm -f "$plan_file"; exit 2; }
 mapfile -t plan_lines < "$plan_file"
 rm -f "$plan_file"
@@ -61,9 +61,9 @@ if [ ! -x "$BIN_DIR/llamafactory-cli" ]; then
 fi
 
 PARTIAL="$OUT.partial"
-# shellcheck disable=SC2206  # overrides and EXTRA are lists of key=value words on purpose
+# shellcheck disable=SC2206  # overrides and TRAIN_ARGS are lists of key=value words on purpose
 cmd=("$BIN_DIR/llamafactory-cli" train "$CONFIG" "model_name_or_path=$MODEL" "dataset=$DATASET"
-     "dataset_dir=$DATA_DIR" "output_dir=$PARTIAL" $overrides $EXTRA)
+     "dataset_dir=$DATA_DIR" "output_dir=$PARTIAL" $overrides $TRAIN_ARGS)
 if [ "$resume" != "-" ]; then cmd+=("resume_from_checkpoint=$resume" "overwrite_output_dir=false"); fi
 
 # several processes: LLaMA-Factory launches torchrun itself (NNODES NODE_RANK MASTER_ADDR MASTER_PORT pass through)
@@ -115,4 +115,4 @@ if [ "$NODE_RANK" != "0" ]; then
   echo "[train_lora] $DATASET: node $NODE_RANK done (node 0 writes $OUT)"
   exit 0
 fi
-"$PYTHON" -m models.train_finish --out "$OUT" --config "$CONFIG" --extra "$overrides $EXTRA" --seconds $((SECONDS - start))
+"$PYTHON" -m models.train_finish --out "$OUT" --config "$CONFIG" --extra "$overrides $TRAIN_ARGS" --seconds $((SECONDS - start))

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Train every LoRA module WeaveRec merges: the target-only module and one hybrid module per source,
+# Step 4 of 6. Train every LoRA module WeaveRec merges: the target-only module and one hybrid module per source,
 # i.e. $SAVE_DIR/<T> and $SAVE_DIR/<T>_<S> (datasets made by data_process.process and data_process.construct).
 # For comparisons: SOURCE_ONLY=1 also trains <S> alone per source; MIXED_ALL=1 also trains the naive
 # all-domain mix <T>_<S1>_<S2>... (construct --all-mixed). scripts/train_lora.sh decides per module: a finished
 # module trained from the same inputs is skipped, an interrupted one resumed, a changed one retrained
-# (SKIP_EXISTING=0 retrains all). Every train_lora.sh variable (NPROC, PRECISION, EXTRA, DRY_RUN...) passes through.
+# (SKIP_EXISTING=0 retrains all). Every train_lora.sh variable (NPROC, PRECISION, TRAIN_ARGS, DRY_RUN...) passes through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 TARGET=${TARGET:-sports}
 SOURCES=${SOURCES:-"beauty toys"}
@@ -19,15 +20,12 @@ SOURCE_ONLY=${SOURCE_ONLY:-0}
 MIXED_ALL=${MIXED_ALL:-0}
 export MODEL CONFIG DATA_DIR SAVE_DIR SKIP_EXISTING
 
-read -r -a sources <<< "$SOURCES"
+split_list sources "$SOURCES"
 datasets=("$TARGET")
-for s in "${sources[@]}"; do datasets+=("${TARGET}_$s"); done
+for s in "${sources[@]}"; do datasets+=("$(hybrid_name "$TARGET" "$s")"); done
 if [ "$SOURCE_ONLY" = "1" ]; then datasets+=("${sources[@]}"); fi
-if [ "$MIXED_ALL" = "1" ]; then
-  mixed=$TARGET
-  for s in "${sources[@]}"; do mixed+="_$s"; done
-  datasets+=("$mixed")
-fi
+if [ "$MIXED_ALL" = "1" ]; then datasets+=("$(mixed_name "$TARGET" "${sources[@]}")"); fi
+step 4 "LoRA modules ${datasets[*]} -> $SAVE_DIR"
 
 said=$(mktemp)
 trap 'rm -f "$said"' EXIT

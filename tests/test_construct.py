@@ -94,7 +94,7 @@ def test_shell_scripts_run_the_stages_end_to_end(tmp_path):
     raw = write_raw(tmp_path / "raw")
     for suffix in ("reviews_{}_5.json.gz", "meta_{}.json.gz"):  # a second domain: the same files
         os.link(raw / suffix.format("Beauty"), raw / suffix.format("Toys_and_Games"))
-    env = {**os.environ, "PYTHON": sys.executable, "TRAIN_DIR": str(tmp_path / "tr"),
+    env = {**os.environ, "PYTHON": sys.executable, "DATA_DIR": str(tmp_path / "tr"),
            "TEST_DIR": str(tmp_path / "te"), "TRAIN_SAMPLES": "30", "TEST_USERS": "5"}
     steps = [("download_data.sh", {"RAW_DIR": str(tmp_path / "raw_copy"), "DOMAINS": "beauty", "RAW_MIRROR": str(raw)}),
              ("make_data.sh", {"RAW_DIR": str(raw), "DOMAINS": "beauty toys"}),

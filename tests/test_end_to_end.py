@@ -33,22 +33,22 @@ def work(tmp_path_factory):
     """Synthetic data for sports <- beauty, toys, processed and mixed, and a tiny pre-trained base."""
     root = tmp_path_factory.mktemp("e2e")
     dirs = {k: str(root / k) for k in ("raw", "traindata", "testdata", "save", "result", "model")}
-    run(["bash", "scripts/synthesize_data.sh"], {"OUT_DIR": dirs["raw"], "USERS": "400", "ITEMS": "120"})
+    run(["bash", "scripts/synthesize_data.sh"], {"SYNTH_DIR": dirs["raw"], "N_USERS": "400", "N_ITEMS": "120"})
     run(["bash", "scripts/make_data.sh"], {
-        "RAW_DIR": dirs["raw"], "TRAIN_DIR": dirs["traindata"], "TEST_DIR": dirs["testdata"],
+        "RAW_DIR": dirs["raw"], "DATA_DIR": dirs["traindata"], "TEST_DIR": dirs["testdata"],
         "DOMAINS": "sports beauty toys", "TRAIN_SAMPLES": "60", "VALID_SAMPLES": "20",
         "TEST_USERS": "12", "HISTORY": "5"})
-    run(["bash", "scripts/construct.sh"], {"TRAIN_DIR": dirs["traindata"], "TARGET": "sports",
+    run(["bash", "scripts/construct.sh"], {"DATA_DIR": dirs["traindata"], "TARGET": "sports",
                                            "SOURCES": " ".join(SOURCES), "ALL_MIXED": "1"})
     run(["bash", "scripts/build_model.sh"], {
-        "TRAIN_DIR": dirs["traindata"], "DOMAINS": "sports beauty toys", "OUT": dirs["model"],
-        "STEPS": "20", "EXTRA": "--hidden-size 64 --vocab-size 600 --batch-size 8 --no-progress"})
+        "DATA_DIR": dirs["traindata"], "DOMAINS": "sports beauty toys", "MODEL": dirs["model"],
+        "BASE_STEPS": "20", "EXTRA_ARGS": "--hidden-size 64 --vocab-size 600 --batch-size 8 --no-progress"})
     return dirs
 
 
 def train_env(work):
     return {"MODEL": work["model"], "DATA_DIR": work["traindata"], "SAVE_DIR": work["save"],
-            "EXTRA": TRAIN_EXTRA}
+            "TRAIN_ARGS": TRAIN_EXTRA}
 
 
 def test_provided_checkpoints_jump_straight_to_merge_and_test(work, tmp_path):
@@ -78,7 +78,7 @@ def test_provided_checkpoints_jump_straight_to_merge_and_test(work, tmp_path):
     report = tmp_path / "report"
     run(["bash", "scripts/metric.sh"], {"TEST_FILE": test_file, "PREDICTIONS": str(pred), "NAMES": "weaverec",
                                         "ITEMS": os.path.join(work["traindata"], "sports.items.jsonl"),
-                                        "OUT_DIR": str(report)})
+                                        "REPORT_DIR": str(report)})
     metrics = json.loads((report / "metrics.json").read_text())
     rows = {r["name"]: r["metrics"] for r in metrics["rows"]}
     assert set(rows) == {"weaverec", "random", "popularity", "content"}

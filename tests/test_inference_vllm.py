@@ -40,7 +40,7 @@ def models(beauty_dir, tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = run(["bash", "scripts/train_lora.sh", "beauty"], PYTHON=str(TRAIN_PYTHON), MODEL=str(base),
                DATA_DIR=str(beauty_dir), SAVE_DIR=str(save),
-               EXTRA="max_samples=16 num_train_epochs=3 save_steps=1000 learning_rate=1e-2 warmup_ratio=0")
+               TRAIN_ARGS="max_samples=16 num_train_epochs=3 save_steps=1000 learning_rate=1e-2 warmup_ratio=0")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     other = make_adapter(base, root / "other", seed=7, r=8, alpha=16)
     assert merge("--adapters", save / "beauty", other, "--out", root / "stacked", "--method", "weaverec") == 0

@@ -38,7 +38,7 @@ def write_dataset(folder, name, seed, n=16):
 
 def train(model, data_dir, save_dir, dataset, extra):
     env = dict(os.environ, MODEL=str(model), DATA_DIR=str(data_dir), SAVE_DIR=str(save_dir),
-               EXTRA=f"max_steps=4 save_steps=2 logging_steps=1 cutoff_len=768 {extra}")  # longest 649
+               TRAIN_ARGS=f"max_steps=4 save_steps=2 logging_steps=1 cutoff_len=768 {extra}")  # longest 649
     proc = subprocess.run(["bash", "scripts/train_lora.sh", dataset], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

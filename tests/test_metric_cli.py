@@ -225,7 +225,7 @@ def test_shell_script_wires_the_paths(case):
     tmp_path, test, _ = case
     env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "TARGET": "beauty", "TEST_FILE": str(test),
            "PRED_DIR": str(tmp_path / "result"), "ITEMS": str(tmp_path / "traindata" / "beauty.items.jsonl"),
-           "OUT_DIR": str(tmp_path / "sh"), "COMPARE": "half perfect", "BOOTSTRAP": "100"}
+           "REPORT_DIR": str(tmp_path / "sh"), "COMPARE": "half perfect", "BOOTSTRAP": "100"}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "metric.sh")], env=env, capture_output=True,
                           text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

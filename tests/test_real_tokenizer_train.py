@@ -67,7 +67,7 @@ def test_llamafactory_trains_on_the_real_tokenizer_and_its_adapters_merge(real_t
     write_jsonl_atomic(data / "beauty.jsonl", samples)
     register(str(data), ["beauty"])
     proc = run_train_lora("beauty", MODEL=real_tokenizer_model_dir, DATA_DIR=data, SAVE_DIR=save,
-                          EXTRA="max_steps=2 save_steps=1 logging_steps=1 per_device_train_batch_size=1 "
+                          TRAIN_ARGS="max_steps=2 save_steps=1 logging_steps=1 per_device_train_batch_size=1 "
                                 "gradient_accumulation_steps=1 lora_rank=8 lora_alpha=16")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     from transformers import AutoTokenizer

@@ -208,7 +208,7 @@ def test_bad_arguments_give_one_line_error_and_no_files(tmp_path, capsys, bad):
 
 
 def test_script_runs_the_stage_with_its_path_variables(tmp_path):
-    env = {**os.environ, "OUT_DIR": str(tmp_path / "raw"), "USERS": "100", "ITEMS": "32",
+    env = {**os.environ, "SYNTH_DIR": str(tmp_path / "raw"), "N_USERS": "100", "N_ITEMS": "32",
            "DOMAINS": "sports toys", "AGREEMENT": "toys=0.5", "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(REPO / "scripts" / "synthesize_data.sh")], env=env,
                           cwd=tmp_path, capture_output=True, text=True)

@@ -40,7 +40,7 @@ def dry_run(dataset="beauty", **env):
 def resumed(built_model, beauty_dir, tmp_path_factory):
     """A run killed (SIGKILL, the whole process group) once a checkpoint is saved, looked at, then run again."""
     save = tmp_path_factory.mktemp("save")
-    env = dict(os.environ, MODEL=str(built_model), DATA_DIR=str(beauty_dir), SAVE_DIR=str(save), EXTRA=EXTRA)
+    env = dict(os.environ, MODEL=str(built_model), DATA_DIR=str(beauty_dir), SAVE_DIR=str(save), TRAIN_ARGS=EXTRA)
     first = subprocess.Popen(["bash", "scripts/train_lora.sh", "beauty"], cwd=REPO, env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = save / "beauty.partial"
@@ -52,9 +52,9 @@ def resumed(built_model, beauty_dir, tmp_path_factory):
     first.wait()
     facts = {"killed": sorted(p.name for p in partial.iterdir()), "finished": (save / "beauty").exists(),
              "step": last_complete_checkpoint(partial)}
-    same = dry_run(MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=save, EXTRA=EXTRA)
-    other = dry_run(MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=save, EXTRA=EXTRA + " lora_dropout=0.1")
-    rerun = run_train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=save, EXTRA=EXTRA)
+    same = dry_run(MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=save, TRAIN_ARGS=EXTRA)
+    other = dry_run(MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=save, TRAIN_ARGS=EXTRA + " lora_dropout=0.1")
+    rerun = run_train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=save, TRAIN_ARGS=EXTRA)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     return {"out": save / "beauty", "save": save, "same": same, "other": other, "rerun": rerun, **facts}
 
@@ -115,16 +115,16 @@ def test_console_is_short_and_llamafactory_output_goes_to_train_log(resumed):
 def test_finished_module_is_skipped_and_retrained_when_data_or_model_change(resumed, built_model, beauty_dir, tmp_path):
     adapter = resumed["out"] / "adapter_model.safetensors"
     before = adapter.stat().st_mtime_ns
-    again = run_train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=resumed["save"], EXTRA=EXTRA)
+    again = run_train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=resumed["save"], TRAIN_ARGS=EXTRA)
     assert again.returncode == 0 and "skipped: " in again.stdout and "up to date" in again.stdout
     assert adapter.stat().st_mtime_ns == before and "wrote" not in again.stdout
 
     data = tmp_path / "data"
     shutil.copytree(beauty_dir, data)  # the same content elsewhere is the same data
-    assert dry_run(MODEL=built_model, DATA_DIR=data, SAVE_DIR=resumed["save"], EXTRA=EXTRA)[1] == "skip"
+    assert dry_run(MODEL=built_model, DATA_DIR=data, SAVE_DIR=resumed["save"], TRAIN_ARGS=EXTRA)[1] == "skip"
     lines = (data / "beauty.jsonl").read_text().splitlines(keepends=True)
     (data / "beauty.jsonl").write_text("".join(lines[1:] + lines[:1]))
-    _, plan, _, stdout = dry_run(MODEL=built_model, DATA_DIR=data, SAVE_DIR=resumed["save"], EXTRA=EXTRA)
+    _, plan, _, stdout = dry_run(MODEL=built_model, DATA_DIR=data, SAVE_DIR=resumed["save"], TRAIN_ARGS=EXTRA)
     assert plan == "fresh" and "trained from other inputs (data changed): retrained" in stdout
 
     model = tmp_path / "model"
@@ -133,7 +133,7 @@ def test_finished_module_is_skipped_and_retrained_when_data_or_model_change(resu
     with torch.no_grad():
         base.model.norm.weight.mul_(1.01)
     base.save_pretrained(model)
-    _, plan, _, stdout = dry_run(MODEL=model, DATA_DIR=beauty_dir, SAVE_DIR=resumed["save"], EXTRA=EXTRA)
+    _, plan, _, stdout = dry_run(MODEL=model, DATA_DIR=beauty_dir, SAVE_DIR=resumed["save"], TRAIN_ARGS=EXTRA)
     assert plan == "fresh" and "(model changed)" in stdout
     assert adapter.is_file()  # a dry run changes nothing
 
@@ -160,13 +160,13 @@ def test_any_registered_dataset_name_trains(built_model, beauty_dir, tmp_path):
     ("beauty", {"CONFIG": "no/such.yaml"}, "error: training config not found: no/such.yaml"),
     ("beauty", {"NPROC": "two"}, "error: NPROC must be a whole number"),
     ("beauty", {"DEEPSPEED": "ds.json"}, "error: DEEPSPEED is not supported"),
-    ("beauty", {"EXTRA": "deepspeed=ds.json"}, "error: DeepSpeed is not supported"),
+    ("beauty", {"TRAIN_ARGS": "deepspeed=ds.json"}, "error: DeepSpeed is not supported"),
     ("beauty", {"PRECISION": "bf16"}, "error: PRECISION=bf16 but there is no CUDA GPU here; use PRECISION=fp32"),
     ("beauty", {"PRECISION": "fp16"}, "error: PRECISION=fp16 but there is no CUDA GPU here"),
     ("beauty", {"PRECISION": "half"}, "error: PRECISION must be one of auto, bf16, fp16, fp32"),
-    ("beauty", {"NPROC": "2", "EXTRA": "load_best_model_at_end=true"},
+    ("beauty", {"NPROC": "2", "TRAIN_ARGS": "load_best_model_at_end=true"},
      "error: load_best_model_at_end can deadlock several processes"),
-    ("beauty", {"EXTRA": "val_size=0.1 eval_strategy=steps eval_steps=5 save_steps=10 metric_for_best_model=eval_loss"},
+    ("beauty", {"TRAIN_ARGS": "val_size=0.1 eval_strategy=steps eval_steps=5 save_steps=10 metric_for_best_model=eval_loss"},
      "error: save_steps must equal eval_steps"),
 ])
 def test_bad_inputs_fail_in_one_line(built_model, beauty_dir, tmp_path, dataset, env, message):
@@ -178,10 +178,10 @@ def test_bad_inputs_fail_in_one_line(built_model, beauty_dir, tmp_path, dataset,
 
 
 def test_prompts_longer_than_cutoff_len_are_refused_with_the_options(built_model, beauty_dir, tmp_path):
-    proc = run_train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path, EXTRA="cutoff_len=300")
+    proc = run_train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path, TRAIN_ARGS="cutoff_len=300")
     error = proc.stderr.strip()
     assert proc.returncode == 2 and "samples" in error and "are longer than cutoff_len 300 tokens (longest " in error
-    assert 'raise cutoff_len (EXTRA="cutoff_len=' in error and "lower HISTORY" in error
+    assert 'raise cutoff_len (TRAIN_ARGS="cutoff_len=' in error and "lower HISTORY" in error
 
 
 def test_missing_llamafactory_is_one_line(built_model, beauty_dir, tmp_path):
@@ -222,7 +222,7 @@ def test_failed_run_leaves_no_finished_looking_adapter_and_shows_the_log(built_m
     old.mkdir()
     (old / "adapter_model.safetensors").write_bytes(b"old run")
     proc = run_train_lora("beauty", MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=tmp_path,
-                          EXTRA="no_such_argument=1", SKIP_EXISTING=0)
+                          TRAIN_ARGS="no_such_argument=1", SKIP_EXISTING=0)
     assert proc.returncode == 1
     assert not old.exists() and not (tmp_path / "beauty.partial" / "adapter_model.safetensors").exists()
     first, *tail = proc.stderr.strip().splitlines()

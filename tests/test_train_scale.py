@@ -26,7 +26,7 @@ def two_processes(built_model, beauty_dir, tmp_path_factory):
     save = tmp_path_factory.mktemp("save-ddp")
     # PATH without the environment's bin/: LLaMA-Factory starts `torchrun` by name, train_lora.sh must find it
     proc = run_train_lora("beauty", timeout=600, MODEL=built_model, DATA_DIR=beauty_dir, SAVE_DIR=save, NPROC=2,
-                          CONFIG=GPU_CONFIG, EXTRA=SMALL, OMP_NUM_THREADS=1, PATH="/usr/local/bin:/usr/bin:/bin")
+                          CONFIG=GPU_CONFIG, TRAIN_ARGS=SMALL, OMP_NUM_THREADS=1, PATH="/usr/local/bin:/usr/bin:/bin")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return save / "beauty", proc
 

@@ -1,0 +1,51 @@
+"""The shell scripts' one convention (scripts/lib.sh): each sources the shared helper, the six numbered steps
+say which step they are, the Python is chosen in one place, and a variable set by several scripts has one
+default (quickstart.sh, a preset of small sizes, may set other sizes and its own report folder)."""
+
+import re
+import subprocess
+
+from tests.helpers import REPO
+
+SCRIPTS = sorted(p for p in (REPO / "scripts").glob("*.sh") if p.name != "lib.sh")
+STEPS = {"download_data.sh": 1, "make_data.sh": 2, "construct.sh": 3, "train_modules.sh": 4, "train_lora.sh": 4,
+         "merge_and_test.sh": 5, "metric.sh": 6}
+PRESET = {"TRAIN_SAMPLES", "TEST_USERS", "HISTORY", "RUN_DIR"}  # quickstart.sh's own sizes and report folder
+DEFAULT = re.compile(r"^([A-Z][A-Z0-9_]*)=\$\{\1:?-(.*?)\}(?:\s|$)", re.M)
+
+
+def test_every_script_opens_the_same_way():
+    for path in SCRIPTS:
+        text = path.read_text()
+        assert text.startswith("#!/usr/bin/env bash\n"), path.name
+        assert "set -euo pipefail\ncd \"$(dirname \"$0\")/..\"\nsource scripts/lib.sh\n" in text, path.name
+        assert ".venv/bin/python ]" not in text, f"{path.name} chooses the Python itself (lib.sh does)"
+        assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0, path.name
+
+
+def test_the_numbered_steps_say_which_step_they_are():
+    for name, n in STEPS.items():
+        text = (REPO / "scripts" / name).read_text()
+        assert f"Step {n} of 6" in text.split("set -euo")[0], name
+    for name in ("download_data.sh", "make_data.sh", "construct.sh", "train_modules.sh", "merge_and_test.sh",
+                 "metric.sh"):
+        assert re.search(rf"^\s*step {STEPS[name]} ", (REPO / "scripts" / name).read_text(), re.M), name
+
+
+def test_one_default_per_variable():
+    seen = {}
+    for path in SCRIPTS:
+        for var, default in DEFAULT.findall(path.read_text()):
+            if path.name == "quickstart.sh" and var in PRESET:
+                continue
+            seen.setdefault(var, {})[path.name] = default
+    differ = {var: where for var, where in seen.items() if len(set(where.values())) > 1}
+    assert not differ, differ
+    assert len([v for v, where in seen.items() if len(where) > 1]) >= 10  # the check sees the shared ones
+
+
+def test_lib_names_datasets_and_splits_lists():
+    out = subprocess.run(["bash", "-c", 'source scripts/lib.sh; split_list xs "a  b c"; echo "${#xs[@]}" '
+                          '"$(hybrid_name sports beauty)" "$(mixed_name sports beauty toys)"'],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["3", "sports_beauty", "sports_beauty_toys"]
