@@ -1,39 +1,20 @@
 """Constrained decoding: the answer is always K distinct titles of the prompt's own candidates.
 
 The allowed token sequences are  u(c1) u(c2) ... u(c_{K-1}) v(c_K) <eos>  with distinct c_i, where
-u(c) = tokens of the string c + "||" and v(c) = tokens of c, each tokenised on its own. Two prefix
-trees (one over u, one over v) hold them. Because one token sequence may be read in more than one way
-(a title that is a token-prefix of another; a title that ends with "|"), each row keeps the set of
-all live parses (chosen titles so far, tree node) and advances every parse on each token: an automaton,
-not a guess at where titles end. The text written is the chosen titles joined by "||", taken from the
-parse, so it is exact even if the tokenizer normalises or merges across title boundaries.
+u(c) = tokens of the string c + "||" and v(c) = tokens of c, each tokenised on its own. Because one
+token sequence may be read in more than one way (a title that is a token-prefix of another; a title that
+ends with "|"), each row keeps the set of all live parses and advances every parse on each token: an
+automaton, not a guess at where titles end. A parse is (titles chosen so far, tokens read of the current
+title, the candidates not chosen yet whose u (or, for the K-th title, v) starts with those tokens): a
+walk down the prefix tree of the candidates' sequences, the tree never built (the engine receives one
+automaton per request, and building two trees for 30 candidates cost more than all the steps taken in
+them). The text written is the chosen titles joined by "||", taken from the parse, so it is exact even
+if the tokenizer normalises or merges across title boundaries.
 """
 
 from common.prompt import SEP, TOP_K
 
-DONE = -1  # node id of a finished parse
-
-
-class Trie:
-    """Prefix tree over token sequences; node 0 is the root."""
-
-    def __init__(self, seqs):
-        self.children = [{}]
-        self.ends = [[]]  # candidate indices whose sequence ends at the node
-        self.below = [[]]  # candidate indices whose sequence passes through the node
-        for idx, seq in enumerate(seqs):
-            node = 0
-            for token in seq:
-                nxt = self.children[node].get(token)
-                if nxt is None:
-                    nxt = len(self.children)
-                    self.children[node][token] = nxt
-                    self.children.append({})
-                    self.ends.append([])
-                    self.below.append([])
-                node = nxt
-                self.below[node].append(idx)
-            self.ends[node].append(idx)
+DONE = -1  # depth of a finished parse
 
 
 def unique_titles(candidates):
@@ -77,54 +58,58 @@ class CandidateConstraint:
     def _build(self, titles, mid, last, eos_id, k):
         self.titles, self.mid, self.last = titles, [list(m) for m in mid], [list(v) for v in last]
         self.k = min(k, len(titles))
-        self.tries = (Trie(self.mid), Trie(self.last))
         self.eos = eos_id
+        self.everyone = tuple(range(len(titles)))
         longest_mid = sorted((len(m) for m in self.mid), reverse=True)[:self.k - 1]
         self.max_tokens = sum(longest_mid) + max(len(v) for v in self.last) + 1
 
     def start(self):
-        return [((), 0)]
+        return [((), 0, self.everyone)]
 
-    def _trie(self, chosen):
-        return self.tries[0] if len(chosen) < self.k - 1 else self.tries[1]
+    def _seqs(self, chosen):
+        return self.mid if len(chosen) < self.k - 1 else self.last
 
     def allowed(self, states):
         """Token ids that keep at least one parse alive."""
         out = set()
-        for chosen, node in states:
-            if node == DONE:
+        for chosen, depth, live in states:
+            if depth == DONE:
                 out.add(self.eos)
                 continue
-            trie = self._trie(chosen)
-            for token, child in trie.children[node].items():
-                if token not in out and any(c not in chosen for c in trie.below[child]):
-                    out.add(token)
-            if trie is self.tries[1] and any(c not in chosen for c in trie.ends[node]):
-                out.add(self.eos)
+            seqs = self._seqs(chosen)
+            for c in live:
+                seq = seqs[c]
+                if len(seq) > depth:
+                    out.add(seq[depth])
+                elif seqs is self.last:  # the K-th title read whole: the answer may end
+                    out.add(self.eos)
         return sorted(out)
 
     def advance(self, states, token):
         """The parses alive after `token`; a finished parse stays finished."""
         new = []
-        for chosen, node in states:
-            if node == DONE:
-                new.append((chosen, DONE))
+        for chosen, depth, live in states:
+            if depth == DONE:
+                new.append((chosen, DONE, ()))
                 continue
-            trie = self._trie(chosen)
-            if token == self.eos and trie is self.tries[1]:
-                new.extend((chosen + (c,), DONE) for c in trie.ends[node] if c not in chosen)
-            child = trie.children[node].get(token)
-            if child is None or all(c in chosen for c in trie.below[child]):
+            seqs = self._seqs(chosen)
+            if token == self.eos and seqs is self.last:
+                new.extend((chosen + (c,), DONE, ()) for c in live if len(seqs[c]) == depth)
+            going = tuple(c for c in live if len(seqs[c]) > depth and seqs[c][depth] == token)
+            if not going:
                 continue
-            new.append((chosen, child))
-            if trie is self.tries[0]:  # a whole "title||" read: the next title starts
-                new.extend((chosen + (c,), 0) for c in trie.ends[child] if c not in chosen)
+            new.append((chosen, depth + 1, going))
+            if seqs is self.mid:  # a whole "title||" read: the next title starts
+                for c in going:
+                    if len(seqs[c]) == depth + 1:
+                        taken = chosen + (c,)
+                        new.append((taken, 0, tuple(x for x in self.everyone if x not in taken)))
         return list(dict.fromkeys(new))
 
     def result(self, states):
         """The chosen titles of the first finished parse, or None."""
-        for chosen, node in states:
-            if node == DONE:
+        for chosen, depth, _ in states:
+            if depth == DONE:
                 return [self.titles[c] for c in chosen]
         return None
 
@@ -158,12 +143,18 @@ class Tracker:
         return tokens
 
 
-def mask_to(logits, allowed):
-    """A copy of one row of logits with every token outside `allowed` at -inf (ties keep the argmax of
-    the allowed tokens, as masking does)."""
+def mask_rows(logits, allowed):
+    """In place: in each row i of `allowed` (a dict row -> token ids), every token not listed is set to
+    -inf; other rows are left alone. One gather and two index writes for the whole batch (ties keep the
+    argmax of the allowed tokens, as masking does). Returns `logits`."""
     import torch
 
-    out = torch.full_like(logits, float("-inf"))
-    index = torch.tensor(allowed, device=logits.device)
-    out[index] = logits[index]
-    return out
+    if not allowed:
+        return logits
+    rows = list(allowed)
+    index = (torch.tensor([r for r in rows for _ in allowed[r]], device=logits.device),
+             torch.tensor([t for r in rows for t in allowed[r]], device=logits.device))
+    keep = logits[index]
+    logits[torch.tensor(rows, device=logits.device)] = float("-inf")
+    logits[index] = keep
+    return logits

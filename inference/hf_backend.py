@@ -11,7 +11,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from common.prompt import TOP_K
-from inference.constrained import CandidateConstraint, Tracker, mask_to
+from inference.constrained import CandidateConstraint, Tracker, mask_rows
 from inference.records import (
     candidate_tokens,
     constrained_record,
@@ -35,9 +35,7 @@ class CandidateLogits(LogitsProcessor):
 
     def __call__(self, input_ids, scores):
         generated = input_ids[:, self.prompt_width:].tolist()
-        for row, tracker in enumerate(self.trackers):
-            scores[row] = mask_to(scores[row], tracker.allowed(generated[row]))
-        return scores
+        return mask_rows(scores, {row: t.allowed(generated[row]) for row, t in enumerate(self.trackers)})
 
 
 class HFRunner:

@@ -1,8 +1,8 @@
 """The vLLM backend: the same examples in, the same records out as inference.hf_backend.
 
 - free: greedy (or sampled) generation; the text is decoded from the token ids as the HF backend does;
-- constrained: `CandidateProcessor`, a vLLM logits processor (vllm/v1/sample/logits_processor), masks
-  each request's logits to what its candidate automaton allows; the automaton's token lists travel with
+- constrained: `CandidateProcessor`, a batch-level vLLM logits processor (vllm/v1/sample/logits_processor),
+  masks each request's logits to what its candidate automaton allows; the automaton's token lists travel with
   the request in SamplingParams.extra_args, so the engine process needs no tokenizer;
 - score: one request per candidate, forced to produce its tokens, their log-probs summed
   (inference/vllm_score.py).
@@ -13,10 +13,11 @@ it (a resumed run, or one data-parallel worker, writes the bytes an uninterrupte
 """
 
 from vllm import SamplingParams
-from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
+from vllm.v1.sample.logits_processor import LogitsProcessor
+from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from common.prompt import TOP_K
-from inference.constrained import CandidateConstraint, Tracker, mask_to
+from inference.constrained import CandidateConstraint, Tracker, mask_rows
 from inference.records import (
     constrained_record,
     decode_until_stop,
@@ -29,23 +30,39 @@ CONSTRAINT_KEY = "weaverec_candidates"  # SamplingParams.extra_args: a candidate
 FORCED_KEY = "weaverec_forced"  # extra_args: the exact tokens to produce (score, inference/vllm_score.py)
 
 
-class CandidateProcessor(AdapterLogitsProcessor):
-    """Per-request logits masks inside vLLM's engine: a request whose extra_args hold a candidate
-    automaton may only continue with a token the automaton allows; one with forced tokens produces them."""
+class CandidateProcessor(LogitsProcessor):
+    """Logits masks inside vLLM's engine, one for the whole batch per step: a request whose extra_args
+    hold a candidate automaton may only continue with a token the automaton allows; one with forced
+    tokens produces them; other requests are left alone. vLLM tells it which request sits in which row
+    of the batch (update_state) and hands it the batch's logits (apply)."""
+
+    def __init__(self, vllm_config, device, is_pin_memory):
+        self.rows = {}  # batch row -> (Tracker or forced token list, the request's output ids so far)
 
     def is_argmax_invariant(self):
         return False  # it changes the greedy choice
 
-    def new_req_logits_processor(self, params):
+    @staticmethod
+    def _rule(params, _prompt_ids, output_ids):
         extra = params.extra_args or {}
         if FORCED_KEY in extra:
-            forced = extra[FORCED_KEY]
-            return lambda output_ids, logits: mask_to(logits, forced[len(output_ids):len(output_ids) + 1])
+            return extra[FORCED_KEY], output_ids
         spec = extra.get(CONSTRAINT_KEY)
         if spec is None:
             return None
-        tracker = Tracker(CandidateConstraint.from_tokens(spec["mid"], spec["last"], spec["eos"], spec["k"]))
-        return lambda output_ids, logits: mask_to(logits, tracker.allowed(output_ids))
+        return Tracker(CandidateConstraint.from_tokens(spec["mid"], spec["last"], spec["eos"], spec["k"])), output_ids
+
+    def update_state(self, batch_update):
+        process_dict_updates(self.rows, batch_update, self._rule)
+
+    def apply(self, logits):
+        allowed = {}
+        for row, (rule, output_ids) in self.rows.items():
+            if isinstance(rule, list):
+                allowed[row] = rule[len(output_ids):len(output_ids) + 1]
+            else:
+                allowed[row] = rule.allowed(output_ids)
+        return mask_rows(logits, allowed)
 
 
 class VLLMRunner:

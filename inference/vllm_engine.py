@@ -120,7 +120,7 @@ class Engine:
     """A vLLM engine and the weights it serves now. how: "lora" or "merge" (module docstring)."""
 
     def __init__(self, base, adapters, how, tokenizer_path, dtype="float32", seed=0, tensor_parallel_size=1,
-                 max_lora_rank=None, compile_model=False, work_dir="."):
+                 max_lora_rank=None, compile_model=False, work_dir=".", engine_args=None):
         vllm = import_vllm()
         from inference.vllm_backend import CandidateProcessor
 
@@ -131,6 +131,7 @@ class Engine:
                   "logits_processors": [CandidateProcessor]}
         if max_lora_rank:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+        kwargs.update(engine_args or {})  # more vllm.LLM arguments (benchmarks)
         with merged_folder(base, adapters if how == "merge" else (), dtype, work_dir) as folder:
             self.llm = vllm.LLM(model=folder, **kwargs)
         self.loaded = served(base, adapters, how)
