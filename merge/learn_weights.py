@@ -33,7 +33,7 @@ from common.io import atomic_path, write_json_atomic
 from merge.adapters import check_compatible, load_adapter
 from merge.learn_report import adapter_names, write_curve, write_heatmap
 from merge.methods import NORMALIZE
-from merge.objectives import OBJECTIVES, objective, read_prompts
+from merge.objectives import NORMS, OBJECTIVES, objective, read_prompts
 from merge.weighted_model import GROUPINGS, WeightedMerge, check_base
 
 
@@ -58,7 +58,8 @@ def parse_args(argv):
     p.add_argument("--eval-every", type=int, default=10, help="steps between held-out evaluations")
     p.add_argument("--patience", type=int, default=5, help="evaluations without improvement before stopping")
     p.add_argument("--limit", type=int, help="only the first N prompts of the file")
-    p.add_argument("--score-norm", default="sum", choices=("sum", "mean"), help="as inference --score-norm")
+    p.add_argument("--score-norm", default="sum", choices=NORMS,
+                   help="the candidate score the objective ranks by, as inference --score-norm")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the base model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),

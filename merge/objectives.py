@@ -1,8 +1,9 @@
 """What learn_weights minimises: prompts with their candidates, differentiable candidate scores, objectives.
 
-A candidate's score is the score mode's (inference/scoring.py): s(c) = sum_j log p(u_j | prompt, u_<j)
-over u = the tokens of `title||` (or that sum / len(u), norm "mean"), so the objectives see the
-ranking that `inference.generate --mode score` makes. Over each prompt's K candidates
+A candidate's score is the score mode's (inference/records.py: SCORE_RULES): s(c) = sum_j log p(u_j |
+prompt, u_<j) over u = the tokens of `title||` (norm "sum"), that sum / len(u) ("mean"), or s(c) - s0(c)
+with s0 the same sum after the neutral prompt, the prompt with an empty history ("calibrated"), so the
+objectives see the ranking that `inference.generate --mode score --score-norm <norm>` makes. Over each prompt's K candidates
 p_k = softmax(s)_k, and
 - likelihood: -log p_true, the cross-entropy of the candidate ranking (the log-likelihood of the
   true next item under the model's distribution over the candidates); needs labelled samples;
@@ -22,14 +23,19 @@ import torch
 from common.cli import UserError
 from common.io import read_jsonl
 from common.prompt import SEP, parse_user_prompt, sample_parts, split_titles
+from inference.records import neutral_prompt_ids
+
+NORMS = ("sum", "mean", "calibrated")
 
 
 @dataclass
 class Prompt:
-    """One prompt's token ids, its candidates' continuation ids, and the true candidate's index."""
+    """One prompt's token ids, its candidates' continuation ids, the true candidate's index and the
+    neutral prompt's ids (the calibrated rule's reference)."""
     ids: list
     candidates: list
     label: int = None
+    neutral_ids: list = None
 
 
 def unique_titles(titles):
@@ -69,7 +75,8 @@ def read_prompts(path, tokenizer, labelled, limit=None):
         if labelled:
             label = _label(path, i, answer, titles)
         cands = [tokenizer.encode(t + SEP, add_special_tokens=False) for t in titles]
-        out.append(Prompt(prompt_ids(tokenizer, system, user), cands, label))
+        ids = prompt_ids(tokenizer, system, user)
+        out.append(Prompt(ids, cands, label, neutral_prompt_ids(tokenizer, ids)))
     return out
 
 
@@ -124,8 +131,21 @@ def pack(prompts, device, dtype):
 
 
 def candidate_scores(model, prompts, norm="sum"):
-    """Each prompt's candidate scores, with gradients, in one forward pass (float32; float64 for a
-    float64 model)."""
+    """Each prompt's candidate scores under the rule `norm`, with gradients: one forward pass (two for
+    "calibrated": the prompts, then their neutral prompts); float32, float64 for a float64 model."""
+    if norm == "calibrated":
+        neutral = [Prompt(p.neutral_ids, p.candidates) for p in prompts]
+        return [s - s0 for s, s0 in zip(summed_scores(model, prompts), summed_scores(model, neutral))]
+    scores = summed_scores(model, prompts)
+    if norm == "mean":
+        lengths = [torch.tensor([len(c) for c in p.candidates], dtype=s.dtype, device=s.device)
+                   for p, s in zip(prompts, scores)]
+        scores = [s / n for s, n in zip(scores, lengths)]
+    return scores
+
+
+def summed_scores(model, prompts):
+    """Each prompt's summed candidate log-likelihoods, with gradients, in one forward pass."""
     emb = model.get_input_embeddings().weight
     batch = pack(prompts, emb.device, emb.dtype)
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -135,8 +155,6 @@ def candidate_scores(model, prompts, norm="sum"):
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> float32, float64 kept
     tok_lp = logits.gather(1, batch["tok"][:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
     scores = tok_lp.new_zeros(len(batch["lengths"])).index_add(0, batch["seg"], tok_lp)
-    if norm == "mean":
-        scores = scores / batch["lengths"].to(scores.dtype)
     return list(scores.split(batch["per_prompt"]))
 
 

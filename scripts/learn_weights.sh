@@ -26,6 +26,7 @@ WEIGHTS_DIR=${WEIGHTS_DIR:-$SAVE_DIR/learned/${TARGET}_${OBJECTIVE}}
 GROUPING=${GROUPING:-module}              # one weight vector per module | layer | adapter
 TEMPERATURE=${TEMPERATURE:-1}           # T in lambda = softmax(w / T): merge with the same T
 FIT_STEPS=${FIT_STEPS:-200}           # gradient steps at most (early stopping may end sooner)
+SCORE_NORM=${SCORE_NORM:-calibrated}      # sum | mean | calibrated: the candidate score ranked, as compare.sh's
 LR=${LR:-0.05}
 FIT_BATCH=${FIT_BATCH:-8}                 # prompts per step (each with all its candidates)
 HOLDOUT=${HOLDOUT:-0.2}                   # share of the prompts held out for early stopping
@@ -38,5 +39,5 @@ limit=(); if [ -n "$LIMIT" ]; then limit=(--limit "$LIMIT"); fi
 echo "[learn_weights] $OBJECTIVE on $PROMPTS: ${#adapters[@]} adapters, grouping $GROUPING -> $WEIGHTS_DIR"
 "$PYTHON" -m merge.learn_weights --base-model "$MODEL" --adapters "${adapters[@]}" --objective "$OBJECTIVE" \
   --prompts "$PROMPTS" --out-dir "$WEIGHTS_DIR" --grouping "$GROUPING" --temperature "$TEMPERATURE" \
-  --steps "$FIT_STEPS" --lr "$LR" --batch-size "$FIT_BATCH" --holdout "$HOLDOUT" --seed "$SEED" \
+  --score-norm "$SCORE_NORM" --steps "$FIT_STEPS" --lr "$LR" --batch-size "$FIT_BATCH" --holdout "$HOLDOUT" --seed "$SEED" \
   "${limit[@]}" "${extra[@]}"

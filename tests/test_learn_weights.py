@@ -19,7 +19,7 @@ from common.io import read_jsonl, write_jsonl_atomic
 from common.prompt import SEP, make_sample, parse_user_prompt, sample_parts, user_prompt
 from merge.adapters import load_adapter
 from merge.learn_weights import split
-from merge.objectives import candidate_scores, objective, read_prompts, unique_titles
+from merge.objectives import Prompt, candidate_scores, objective, read_prompts, unique_titles
 from merge.weighted_model import WeightedMerge
 from tests.helpers import IDS, make_adapter, merge, real_titles
 
@@ -89,7 +89,7 @@ def float64_norms(model):
     return model
 
 
-@pytest.mark.parametrize("name,norm", [("likelihood", "sum"), ("entropy", "mean")])
+@pytest.mark.parametrize("name,norm", [("likelihood", "sum"), ("entropy", "mean"), ("likelihood", "calibrated")])
 def test_gradient_matches_finite_differences(random_model_dir, trio, prompts_file, name, norm):
     model = float64_norms(load_model(random_model_dir, torch.float64))
     prompts = read_prompts(prompts_file, tokenizer(random_model_dir), labelled=True)[:2]
@@ -129,6 +129,24 @@ def reference_scores(model, prompt):
         n = len(prompt.ids)
         out.append(sum(logp[n - 1 + j, t].item() for j, t in enumerate(cand)))
     return torch.tensor(out, dtype=torch.float64)
+
+
+def test_calibrated_scores_are_prompt_minus_empty_history(random_model_dir, prompts_file):
+    """The calibrated rule of the objectives = the inference rule: each candidate's summed log-prob after
+    the prompt minus after the same prompt without its history (both by plain forward passes here)."""
+    from common.prompt import CANDIDATES_OPEN, HISTORY_OPEN
+
+    model, tok = load_model(random_model_dir), tokenizer(random_model_dir)
+    prompts = read_prompts(prompts_file, tok, labelled=True)[:2]
+    with torch.no_grad():
+        got = candidate_scores(model, prompts, "calibrated")
+    for scores, prompt in zip(got, prompts):
+        text = tok.decode(prompt.ids)
+        cut = text[:text.find(HISTORY_OPEN) + len(HISTORY_OPEN)] + text[text.rfind(CANDIDATES_OPEN):]
+        neutral = Prompt(tok.encode(cut, add_special_tokens=False), prompt.candidates)
+        assert len(neutral.ids) < len(prompt.ids)
+        expected = reference_scores(model, prompt) - reference_scores(model, neutral)
+        torch.testing.assert_close(scores.double(), expected, rtol=1e-4, atol=1e-4)
 
 
 def merged_model(base, adapters, weights_file, out):
