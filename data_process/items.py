@@ -75,8 +75,16 @@ def sequences(users, items, times, keep):
     return {u: [item for _, item in sorted(pairs, key=itemgetter(0))] for u, pairs in by_user.items()}
 
 
-def clean_items(asins, meta):
+def cap_words(title, max_words):
+    """The first `max_words` words of a clean title (all of them when max_words is 0)."""
+    words = title.split(" ")
+    return title if not max_words or len(words) <= max_words else " ".join(words[:max_words]).strip(" |")
+
+
+def clean_items(asins, meta, max_words=0):
     """Clean titles and brands of the asins (first-appearance order); those without a title are left out.
+    With `max_words`, a title keeps its first max_words words (a few Amazon "titles" are whole
+    descriptions of thousands of characters); which items exist does not depend on it.
 
     Returns: (titles {asin: title}, brands {asin: brand}, counts of items without meta / without title).
     """
@@ -90,6 +98,6 @@ def clean_items(asins, meta):
         if title is None:
             no_title += 1
             continue
-        titles[asin] = title
+        titles[asin] = cap_words(title, max_words)
         brands[asin] = clean_title(raw_brand)
     return titles, brands, no_meta, no_title

@@ -41,12 +41,17 @@ def parse_args(argv):
     p.add_argument("--answer-items", type=int, default=5, choices=range(1, 6), metavar="{1..5}",
                    help="titles in a training answer: 5 = the target + 4 negatives, as the published "
                         "code; 1 = the target alone (test and validation files keep 5)")
+    p.add_argument("--title-words", type=int, default=0, metavar="N",
+                   help="keep the first N words of each title (0: whole titles); cutting changes no "
+                        "user, item or interaction, titles that become equal are told apart as usual")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--refilter-5core", action="store_true",
                    help="re-apply 5-core filtering after dropping items without a title")
     p.add_argument("--max-bad-fraction", type=float, default=0.001,
                    help="share of bad lines a file may have; they are skipped with a warning")
     args = p.parse_args(argv)
+    if args.title_words < 0:
+        raise UserError("--title-words must be 0 (whole titles) or more")
     if args.train_samples < 0 or args.test_users < 0 or args.valid_samples < -1:
         raise UserError("--train-samples, --valid-samples and --test-users must not be negative")
     if args.train_samples == 0 and args.valid_samples == 0:
@@ -59,7 +64,7 @@ def load(args, cat):
     reviews_path, meta_path = raw_files(args.raw_dir, cat)
     users, asins, times, bad_reviews = read_reviews(reviews_path, args.max_bad_fraction)
     meta, bad_meta = read_meta(meta_path, set(asins), args.max_bad_fraction)
-    titles, brands, no_meta, no_title = it.clean_items(asins, meta)
+    titles, brands, no_meta, no_title = it.clean_items(asins, meta, args.title_words)
     keep = [i for i, a in enumerate(asins) if a in titles]
     if args.refilter_5core:
         sub = it.kcore([users[i] for i in keep], [asins[i] for i in keep])
@@ -159,7 +164,7 @@ def main(argv=None):
     stats["samples"] = write_outputs(args, domain, user_names, seqs, builder)
     stats["options"] = {k: getattr(args, k) for k in
                         ("train_samples", "valid_samples", "test_users", "history", "candidates",
-                         "answer_items", "seed", "refilter_5core")}
+                         "answer_items", "title_words", "seed", "refilter_5core")}
     write_json_atomic(os.path.join(args.train_dir, f"{domain}.stats.json"), {"domain": domain, **stats})
     dataset_info.register(args.train_dir, [domain])
     s = stats["samples"]

@@ -92,11 +92,15 @@ def random_id(rng, prefix, length, taken):
             return ident
 
 
-def build_catalog(domain, n_items, popularity, seed, asins):
-    """Items of one domain: unique titles, colours spread evenly, Zipf popularity within a colour."""
+def build_catalog(domain, n_items, popularity, seed, asins, shared_brands=False):
+    """Items of one domain: unique titles, colours spread evenly, Zipf popularity within a colour.
+    With `shared_brands` the brands come from one list for every domain (a brand no longer tells
+    the domain; only the product type does)."""
     rng = domain_rng(seed, domain, 0)
     _, brands, types = VOCAB[domain]
     brands, types = brands.split(), types.split("|")
+    if shared_brands:
+        brands = [b for d in sorted(VOCAB) for b in VOCAB[d][1].split()]
     combos = len(brands) * len(COLOURS) * len(types) * len(set(VARIANTS))
     if n_items > combos // 4:
         raise UserError(f"--items {n_items} is too many for {domain} (at most {combos // 4})")
@@ -281,6 +285,8 @@ def parse_args(argv):
     p.add_argument("--carry", type=float, default=0.7,
                    help="chance a user's taste in a domain is their global taste")
     p.add_argument("--popularity", type=float, default=1.0, help="Zipf exponent within a colour")
+    p.add_argument("--shared-brands", action="store_true",
+                   help="every domain draws its brands from one list (domains look more alike)")
     return p.parse_args(argv)
 
 
@@ -291,7 +297,8 @@ def main(argv=None):
     users, tastes = make_users(args.users, args.seed)
     asins = set()
     for domain in args.domains:
-        items, weights = build_catalog(domain, args.items, args.popularity, args.seed, asins)
+        items, weights = build_catalog(domain, args.items, args.popularity, args.seed, asins,
+                                       args.shared_brands)
         sequences, rare = simulate_5core(domain, agreement[domain], users, tastes, weights, args)
         seqs = {u: [items[i] for i in seq] for u, seq in sequences.items()}
         used = sorted({i for seq in sequences.values() for i in seq})

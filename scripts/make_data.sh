@@ -14,6 +14,7 @@ VALID_SAMPLES=${VALID_SAMPLES:--1}     # validation samples in each train file (
 TEST_USERS=${TEST_USERS:-0}            # users in each test file (0: all)
 HISTORY=${HISTORY:-20}                 # most recent items in a prompt (0: all)
 ANSWER_ITEMS=${ANSWER_ITEMS:-5}        # titles in a training answer (5: target + 4 negatives; 1: the target)
+TITLE_WORDS=${TITLE_WORDS:-0}          # first words of each title kept (0: whole titles; statistics unchanged)
 SEED=${SEED:-42}
 EXTRA_ARGS=${EXTRA_ARGS:-}             # more data_process.process options, e.g. --refilter-5core
 
@@ -24,5 +25,5 @@ for domain in "${domains[@]}"; do
   "$PYTHON" -m data_process.process --raw-dir "$RAW_DIR" --domain "$domain" \
     --train-dir "$DATA_DIR" --test-dir "$TEST_DIR" --train-samples "$TRAIN_SAMPLES" \
     --valid-samples "$VALID_SAMPLES" --test-users "$TEST_USERS" --history "$HISTORY" \
-    --answer-items "$ANSWER_ITEMS" --seed "$SEED" "${extra[@]}"
+    --answer-items "$ANSWER_ITEMS" --title-words "$TITLE_WORDS" --seed "$SEED" "${extra[@]}"
 done

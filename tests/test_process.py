@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -70,6 +71,21 @@ def test_real_data_reproduces_published_statistics(shared_data, tmp_path, catego
         assert 1 <= len(history) <= 20 and len(cands) == 30 == len(set(cands))
         assert set(cands) <= set(titles) and not set(history) & set(cands)
         assert len(answer) == 5 and set(answer) <= set(cands)
+
+
+def test_title_words_cuts_long_titles_and_changes_no_statistic(shared_data, tmp_path):
+    """Sports has 'titles' of up to 1,314 words (whole descriptions): --title-words 20 cuts them, and the
+    published users, items and interactions stay; titles that become equal are told apart."""
+    process.main(["--raw-dir", str(shared_data), "--domain", "sports", "--train-dir", str(tmp_path / "tr"),
+                  "--test-dir", str(tmp_path / "te"), "--train-samples", "10", "--valid-samples", "0",
+                  "--test-users", "5", "--title-words", "20"])
+    stats = json.loads((tmp_path / "tr" / "sports.stats.json").read_text())
+    assert (stats["users"], stats["items"], stats["interactions"]) == (35598, 18357, 296337)
+    assert stats["options"]["title_words"] == 20 and stats["titles_disambiguated"] > 195  # 195 uncut
+    titles = [r["title"] for r in read(tmp_path / "tr" / "sports.items.jsonl")]
+    assert len(set(titles)) == len(titles) == 18357
+    words = [len(re.sub(r"( \([^()]*\))+$", "", t).split()) for t in titles]  # without the told-apart suffix
+    assert max(words) == 20 and sum(w == 20 for w in words) > 300
 
 
 def test_fast_rendering_matches_make_sample_byte_for_byte():
