@@ -23,7 +23,7 @@ TEST_DIR=${TEST_DIR:-testdata}
 TEST_FILE=${TEST_FILE:-$TEST_DIR/$TARGET.jsonl}
 VALID_FILE=${VALID_FILE:-$TEST_DIR/${TARGET}_valid.jsonl}
 RUN_DIR=${RUN_DIR:-result/compare_$TARGET}
-ROWS=${ROWS:-"base target_only hybrids mixed_all naive_merge weaverec ties dare_ties task_arithmetic"}
+ROWS=${ROWS:-"base target_only hybrids mixed_all naive_merge weaverec weaverec_likelihood ties dare_ties task_arithmetic"}
 MODE=${MODE:-score}                       # free | constrained | score (the same for every row)
 SCORE_NORM=${SCORE_NORM:-calibrated}      # score mode: sum | mean | calibrated (docs/inference.md)
 BATCH_SIZE=${BATCH_SIZE:-32}
@@ -39,6 +39,10 @@ INFER_ARGS=${INFER_ARGS:-}                # more inference options, e.g. "--data
 
 split_list sources "$SOURCES"
 has_row() { [[ " $ROWS " == *" $1 "* ]]; }
+if [ ${#sources[@]} -eq 1 ] && has_row mixed_all; then  # one source: the naive mix is the hybrid itself
+  echo "[compare] one source: mixed_all is hybrid_${sources[0]}, not a row of its own"
+  ROWS=" $ROWS "; ROWS=${ROWS/ mixed_all / }
+fi
 hybrids=(); for s in "${sources[@]}"; do hybrids+=("$SAVE_DIR/$(hybrid_name "$TARGET" "$s")"); done
 source_only=(); for s in "${sources[@]}"; do source_only+=("$SAVE_DIR/$s"); done
 mixed=$(mixed_name "$TARGET" "${sources[@]}")
@@ -147,6 +151,7 @@ for s in "${sources[@]}"; do pair "hybrid_$s" target_only; done
 pair mixed_all target_only; pair naive_merge target_only; pair target_only base
 pair weaverec popularity; pair weaverec content
 pair weaverec_likelihood weaverec; pair weaverec_entropy weaverec
+pair weaverec_likelihood target_only; pair weaverec_likelihood naive_merge; pair weaverec_tuned naive_merge
 "$PYTHON" -m metric.metric --test-file "$TEST_FILE" --pred-dir "$RUN_DIR" --out-dir "$RUN_DIR" \
   "${items_arg[@]}" "${compare[@]}" --bootstrap "$BOOTSTRAP"
 

@@ -10,18 +10,33 @@ source scripts/lib.sh
 
 DATA=${DATA:-synthetic}                   # synthetic (written to SYNTH_DIR) | a folder of Amazon raw files
 SYNTH_DIR=${SYNTH_DIR:-raw/synthetic}
+# The two halves of WeaveRec's claim, one run each (docs/results.md), on the synthetic data, whose beauty
+# follows the target's rule and toys a conflicting one (scripts/synthesize_data.sh):
+#   transfer  a data-poor target (100 training + 100 validation samples) and the agreeing source beauty:
+#             the hybrid and WeaveRec should beat target-only;
+#   conflict  a target of 200 + 200 samples and the conflicting source toys: its hybrid and the naive merge
+#             should fall below target-only, WeaveRec should not.
+SCENARIO=${SCENARIO:-transfer}            # transfer | conflict: sets the sizes and SOURCES below
+case $SCENARIO in
+  transfer) s_sources=beauty; s_target=100; s_train=600; s_valid=200 ;;
+  conflict) s_sources=toys; s_target=200; s_train=1200; s_valid=300 ;;
+  *) echo "error: SCENARIO=$SCENARIO: use transfer or conflict" >&2; exit 2 ;;
+esac
 TARGET=${TARGET:-sports}
-SOURCES=${SOURCES:-"beauty toys"}
-TRAIN_SAMPLES=${TRAIN_SAMPLES:-3000}      # training samples per source file (+ every validation sample)
-TARGET_SAMPLES=${TARGET_SAMPLES:-$TRAIN_SAMPLES}  # fewer for a data-poor target, e.g. 1000
-TARGET_VALID=${TARGET_VALID:--1}          # validation samples in the target's train file (-1: all)
-TEST_USERS=${TEST_USERS:-300}             # test users of the target (seeded sample)
+SOURCES=${SOURCES:-$s_sources}
+TRAIN_SAMPLES=${TRAIN_SAMPLES:-$s_train}  # training samples per source file
+VALID_SAMPLES=${VALID_SAMPLES:-$s_valid}  # validation samples per source file (-1: all)
+TARGET_SAMPLES=${TARGET_SAMPLES:-$s_target}  # training samples in the target's file
+TARGET_VALID=${TARGET_VALID:-$s_target}   # validation samples in the target's file (-1: all)
+TEST_USERS=${TEST_USERS:-600}             # test users of the target (seeded sample)
 HISTORY=${HISTORY:-10}                    # most recent history items in a prompt
+ANSWER_ITEMS=${ANSWER_ITEMS:-1}           # titles in a training answer: the target alone (docs/results.md)
+TITLE_WORDS=${TITLE_WORDS:-0}             # first words of each title kept (0: whole titles)
 if [ "$DATA" = synthetic ]; then RAW_DIR=$SYNTH_DIR; TAG=synthetic; else RAW_DIR=$DATA; TAG=$(basename "$DATA"); fi
 DATA_DIR=${DATA_DIR:-traindata}
 TEST_DIR=${TEST_DIR:-testdata}
 if [ "$TAG" = synthetic ]; then
-  MODEL=${MODEL:-models/tiny-qwen2}; SAVE_DIR=${SAVE_DIR:-save}
+  MODEL=${MODEL:-models/tiny-qwen2-$SCENARIO}; SAVE_DIR=${SAVE_DIR:-save/$SCENARIO}
 else  # models and modules of other data kept apart
   MODEL=${MODEL:-models/tiny-qwen2-$TAG}; SAVE_DIR=${SAVE_DIR:-save/$TAG}
 fi
@@ -29,9 +44,9 @@ BASE_STEPS=${BASE_STEPS:-1000}            # pre-training steps of the tiny base 
 MODE=${MODE:-score}                       # free | constrained | score
 BACKEND=${BACKEND:-auto}                  # hf | vllm | auto: vllm where .venv-vllm exists (VLLM=1 builds it)
 VLLM=${VLLM:-0}                           # 1: build .venv-vllm too (scripts/setup.sh)
-ROWS=${ROWS:-"base target_only hybrids mixed_all naive_merge weaverec ties dare_ties task_arithmetic"}
+ROWS=${ROWS:-"base target_only hybrids mixed_all naive_merge weaverec weaverec_likelihood ties dare_ties task_arithmetic"}
 GRID=${GRID-"0 1 2 3"}                    # target weights tried on validation users ("" = off)
-RUN_DIR=${RUN_DIR:-result/quickstart_${TAG}_$TARGET}
+RUN_DIR=${RUN_DIR:-result/quickstart_${TAG}_${TARGET}_$SCENARIO}
 SEED=${SEED:-42}
 
 start=$SECONDS
@@ -47,9 +62,9 @@ fi
 
 stage "per-domain data: $TARGET (target) $SOURCES"
 data=(DATA_DIR="$DATA_DIR" TEST_DIR="$TEST_DIR" RAW_DIR="$RAW_DIR" TEST_USERS="$TEST_USERS" HISTORY="$HISTORY"
-      SEED="$SEED")
+      ANSWER_ITEMS="$ANSWER_ITEMS" TITLE_WORDS="$TITLE_WORDS" SEED="$SEED")
 env "${data[@]}" DOMAINS="$TARGET" TRAIN_SAMPLES="$TARGET_SAMPLES" VALID_SAMPLES="$TARGET_VALID" bash scripts/make_data.sh
-env "${data[@]}" DOMAINS="$SOURCES" TRAIN_SAMPLES="$TRAIN_SAMPLES" bash scripts/make_data.sh
+env "${data[@]}" DOMAINS="$SOURCES" TRAIN_SAMPLES="$TRAIN_SAMPLES" VALID_SAMPLES="$VALID_SAMPLES" bash scripts/make_data.sh
 
 stage "hybrid data: $TARGET + each of $SOURCES"
 DATA_DIR=$DATA_DIR TARGET=$TARGET SOURCES=$SOURCES SEED=$SEED ALL_MIXED=1 bash scripts/construct.sh

@@ -96,13 +96,15 @@ def test_compare_trains_what_is_missing_and_reports_every_row(work):
     metrics = json.loads(open(os.path.join(run_dir, "metrics.json")).read())
     names = {r["name"] for r in metrics["rows"]}
     assert names == {"base", "target_only", "hybrid_beauty", "hybrid_toys", "mixed_all", "naive_merge",
-                     "weaverec", "weaverec_tuned", "ties", "dare_ties", "task_arithmetic", "random",
+                     "weaverec", "weaverec_tuned", "weaverec_likelihood", "ties", "dare_ties", "task_arithmetic", "random",
                      "popularity", "content"}
     pairs = {(c["a"], c["b"]) for c in metrics["comparisons"]}
     assert pairs == {("weaverec", "target_only"), ("weaverec", "naive_merge"), ("weaverec_tuned", "target_only"),
                      ("hybrid_beauty", "target_only"), ("hybrid_toys", "target_only"),
                      ("mixed_all", "target_only"), ("naive_merge", "target_only"), ("target_only", "base"),
-                     ("weaverec", "popularity"), ("weaverec", "content")}
+                     ("weaverec", "popularity"), ("weaverec", "content"), ("weaverec_likelihood", "weaverec"),
+                     ("weaverec_likelihood", "target_only"), ("weaverec_likelihood", "naive_merge"),
+                     ("weaverec_tuned", "naive_merge")}
     # each module's budget, read from what LLaMA-Factory wrote
     budgets = {r["dataset"]: r for r in json.loads(open(os.path.join(run_dir, "training.json")).read())}
     assert set(budgets) == {"sports", "sports_beauty", "sports_toys", "beauty", "toys", "sports_beauty_toys"}

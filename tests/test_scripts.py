@@ -10,7 +10,8 @@ from tests.helpers import REPO
 SCRIPTS = sorted(p for p in (REPO / "scripts").glob("*.sh") if p.name != "lib.sh")
 STEPS = {"download_data.sh": 1, "make_data.sh": 2, "construct.sh": 3, "train_modules.sh": 4, "train_lora.sh": 4,
          "merge_and_test.sh": 5, "metric.sh": 6}
-PRESET = {"TRAIN_SAMPLES", "TEST_USERS", "HISTORY", "RUN_DIR"}  # quickstart.sh's own sizes and report folder
+PRESET = {"TRAIN_SAMPLES", "VALID_SAMPLES", "TEST_USERS", "HISTORY", "ANSWER_ITEMS", "SOURCES", "MODEL", "SAVE_DIR",
+          "RUN_DIR"}  # quickstart.sh's own sizes and report folder
 DEFAULT = re.compile(r"^([A-Z][A-Z0-9_]*)=\$\{\1:?-(.*?)\}(?:\s|$)", re.M)
 
 
@@ -49,3 +50,11 @@ def test_lib_names_datasets_and_splits_lists():
                           '"$(hybrid_name sports beauty)" "$(mixed_name sports beauty toys)"'],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     assert out == ["3", "sports_beauty", "sports_beauty_toys"]
+
+
+def test_quickstart_refuses_an_unknown_scenario_before_doing_anything(tmp_path):
+    proc = subprocess.run(["bash", "scripts/quickstart.sh"], cwd=REPO, capture_output=True, text=True, check=False,
+                          env={"PATH": "/usr/bin:/bin", "SCENARIO": "both", "RUN_DIR": str(tmp_path / "run")})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: SCENARIO=both: use transfer or conflict"
+    assert proc.stdout == "" and not (tmp_path / "run").exists()
