@@ -66,6 +66,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="used only when sampling (temperature > 0)")
     p.add_argument("--limit", type=int, help="only the first N test lines")
     p.add_argument("--overwrite", action="store_true", help="replace an output from other arguments")
+    p.add_argument("--replace-stale", action="store_true",
+                   help="replace an output only when its arguments or inputs changed (else resume or skip)")
     args = p.parse_args(argv)
     for name in ("batch_size", "max_new_tokens", "tensor_parallel_size", "limit", "threads", "data_parallel"):
         value = getattr(args, name)

@@ -83,7 +83,7 @@ class Job:
             fingerprint["shard"] = f"{index}/{count}"
             out = shard_path(self.out, index, count)
         output = ResumableOutput(out, fingerprint, len(self.examples), ids)
-        if not output.open(self.args.overwrite):
+        if not output.open(self.args.overwrite, self.args.replace_stale):
             return False
         self.output = output
         if ids is not None:

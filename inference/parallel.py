@@ -82,7 +82,7 @@ def wait(procs, log_of, jobs, count, total):
 def join(job, count):
     """The workers' parts of `job` into its output, in test order; the parts removed."""
     output = ResumableOutput(job.out, job.fingerprint(), len(job.examples))
-    if not output.open(job.args.overwrite):
+    if not output.open(job.args.overwrite, job.args.replace_stale):
         return output
     for i in range(count):
         part = shard_path(job.out, i, count)
@@ -99,7 +99,7 @@ def join(job, count):
 def run_parallel(args, jobs, argv):
     count = args.data_parallel
     pending = [job for job in jobs if ResumableOutput(job.out, job.fingerprint(), len(job.examples)).open(
-        args.overwrite)]
+        args.overwrite, args.replace_stale)]
     for job in jobs:
         if job not in pending:
             print(f"{job.out} is already complete ({len(job.examples)} lines); nothing to do")

@@ -90,18 +90,20 @@ class ResumableOutput:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None
 
-    def open(self, overwrite=False):
-        """Prepare the run; returns False when `<out>` is already complete for this fingerprint."""
+    def open(self, overwrite=False, replace_stale=False):
+        """Prepare the run; returns False when `<out>` is already complete for this fingerprint.
+        `overwrite`: start again whatever is there; `replace_stale`: start again only when what is there
+        comes from other arguments or inputs (a changed adapter, test file...), else resume."""
         previous = self._read_run()
         same = previous == self.fingerprint
         if same and os.path.isfile(self.out) and not overwrite:
             self._remove(self.progress_path)
             return False
         exists = os.path.isfile(self.out) or os.path.isfile(self.progress_path)
-        if exists and not same and not overwrite:
+        if exists and not same and not overwrite and not replace_stale:
             why = describe_difference(previous, self.fingerprint) if previous else "no record of its arguments"
             raise UserError(f"{self.out} (or its .progress) comes from a different run ({why}); "
-                            "pass --overwrite to replace it")
+                            "pass --overwrite (or --replace-stale) to replace it")
         if overwrite or not same:
             for path in (self.out, self.progress_path):
                 self._remove(path)

@@ -70,5 +70,5 @@ if [ "$OUTPUT" = "full" ]; then model_args=(--base-model "$MERGED"); else model_
 echo "[merge_and_test] predicting $TEST_FILE -> $PRED ($MODE)"
 split_list infer_extra "$INFER_ARGS"
 "$(infer_python)" -m inference.generate --test-file "$TEST_FILE" "${model_args[@]}" --out "$PRED" --mode "$MODE" \
-  --score-norm "$SCORE_NORM" --batch-size "$BATCH_SIZE" --backend "$BACKEND" "${infer_extra[@]}"
+  --score-norm "$SCORE_NORM" --batch-size "$BATCH_SIZE" --backend "$BACKEND" --replace-stale "${infer_extra[@]}"
 echo "[merge_and_test] next: TARGET=$TARGET PREDICTIONS=$PRED bash scripts/metric.sh"

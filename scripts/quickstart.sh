@@ -12,14 +12,14 @@ DATA=${DATA:-synthetic}                   # synthetic (written to SYNTH_DIR) | a
 SYNTH_DIR=${SYNTH_DIR:-raw/synthetic}
 # The two halves of WeaveRec's claim, one run each (docs/results.md), on the synthetic data, whose beauty
 # follows the target's rule and toys a conflicting one (scripts/synthesize_data.sh):
-#   transfer  a data-poor target (100 training + 100 validation samples) and the agreeing source beauty:
-#             the hybrid and WeaveRec should beat target-only;
-#   conflict  a target of 200 + 200 samples and the conflicting source toys: its hybrid and the naive merge
-#             should fall below target-only, WeaveRec should not.
+#   transfer  a data-poor target (100 training + 100 validation samples) and the agreeing source beauty
+#             (600 + 200): the hybrid and WeaveRec should beat target-only;
+#   conflict  a target of 450 + 300 samples and the conflicting source toys (1,000 + 200): its hybrid and
+#             the naive merge should fall below target-only, WeaveRec should not.
 SCENARIO=${SCENARIO:-transfer}            # transfer | conflict: sets the sizes and SOURCES below
 case $SCENARIO in
-  transfer) s_sources=beauty; s_target=100; s_train=600; s_valid=200 ;;
-  conflict) s_sources=toys; s_target=200; s_train=1200; s_valid=300 ;;
+  transfer) s_sources=beauty; s_target=100; s_target_valid=100; s_train=600; s_valid=200 ;;
+  conflict) s_sources=toys; s_target=450; s_target_valid=300; s_train=1000; s_valid=200 ;;
   *) echo "error: SCENARIO=$SCENARIO: use transfer or conflict" >&2; exit 2 ;;
 esac
 TARGET=${TARGET:-sports}
@@ -27,7 +27,7 @@ SOURCES=${SOURCES:-$s_sources}
 TRAIN_SAMPLES=${TRAIN_SAMPLES:-$s_train}  # training samples per source file
 VALID_SAMPLES=${VALID_SAMPLES:-$s_valid}  # validation samples per source file (-1: all)
 TARGET_SAMPLES=${TARGET_SAMPLES:-$s_target}  # training samples in the target's file
-TARGET_VALID=${TARGET_VALID:-$s_target}   # validation samples in the target's file (-1: all)
+TARGET_VALID=${TARGET_VALID:-$s_target_valid}   # validation samples in the target's file (-1: all)
 TEST_USERS=${TEST_USERS:-600}             # test users of the target (seeded sample)
 HISTORY=${HISTORY:-10}                    # most recent history items in a prompt
 ANSWER_ITEMS=${ANSWER_ITEMS:-1}           # titles in a training answer: the target alone (docs/results.md)

@@ -68,6 +68,20 @@ def test_rerun_does_nothing_and_other_arguments_are_refused(real_test_file, vari
     assert "ranking" in read_lines(out)[0]
 
 
+def test_replace_stale_redoes_only_an_output_whose_inputs_changed(real_test_file, varied_model_dir,
+                                                                   tmp_path, capsys):
+    out = tmp_path / "output.jsonl"
+    args = gen_args(real_test_file, varied_model_dir, out, "--limit", "3", "--replace-stale")
+    main(args)
+    before = (out.read_bytes(), out.stat().st_mtime_ns)
+    capsys.readouterr()
+    main(args)  # same arguments and inputs: nothing redone
+    assert "already complete" in capsys.readouterr().out
+    assert (out.read_bytes(), out.stat().st_mtime_ns) == before
+    main(args + ["--mode", "score"])  # other arguments: replaced without an error
+    assert "ranking" in read_lines(out)[0] and len(read_lines(out)) == 3
+
+
 def test_resume_after_sigkill_gives_the_uninterrupted_file(real_test_file, varied_model_dir,
                                                            tmp_path, capsys):
     full, killed = tmp_path / "full" / "output.jsonl", tmp_path / "killed" / "output.jsonl"
