@@ -62,9 +62,13 @@ infer() {  # infer <row> <test file> <model> [adapter]: a row without a merge
   queue_job "$jobs_file" "$2" "$3" "$RUN_DIR/$1/output.jsonl" "${@:4}"
 }
 merge_row() {  # merge_row <row> <test file> <output file> VAR=value...: merge_and_test.sh, prediction queued
-  local row=$1 test=$2 pred=$3; shift 3
-  env MODEL="$MODEL" TARGET="$TARGET" SAVE_DIR="$SAVE_DIR" TEMPERATURE="$TEMPERATURE" NAME="$row" \
+  local row=$1 test=$2 pred=$3 log; shift 3
+  log="$(dirname "$pred")/merge.log"; rm -f "$log"  # its console; shown when it fails
+  run_logged "$log" env MODEL="$MODEL" TARGET="$TARGET" SAVE_DIR="$SAVE_DIR" TEMPERATURE="$TEMPERATURE" NAME="$row" \
     MERGED="$merged_dir/$row" PRED="$pred" TEST_FILE="$test" JOBS="$jobs_file" "$@" bash scripts/merge_and_test.sh
+  local what; what="merged$(grep -m1 -o ', lambdas: .*' <(sed 's/^lambdas/, lambdas/' "$log") || true)"
+  if grep -q "is up to date" "$log"; then what="merge kept"; fi
+  echo "[compare] $row: $what, queued (log $log)"
 }
 run_jobs() {  # every queued row, one process
   if [ ! -s "$jobs_file" ]; then return; fi
