@@ -18,6 +18,11 @@ from inference.resume import (
 )
 
 
+# --backend auto on CPU: vLLM's engine start (about 30 s) pays back only for long runs. Measured
+# (benchmarks/bench_inference.py, docs/inference.md): free 31 -> 53 and constrained 26 -> 50 samples/s,
+# so the break-even is about 1,600-2,200 prompts in one call; below this many, hf.
+AUTO_VLLM_MIN_PROMPTS = 2000
+
 def shard_path(out, index, count):
     return f"{out}.shard-{index}-of-{count}"
 
@@ -125,6 +130,12 @@ def make_jobs(args):
         job.prepare(tokenizers)
     if args.backend == "vllm" and not device.startswith("cuda"):
         check_cpu_heads(args, jobs)
+    if args.backend == "vllm" and getattr(args, "auto", False) and not device.startswith("cuda"):
+        total = sum(len(job.examples) for job in jobs)
+        if total < AUTO_VLLM_MIN_PROMPTS:
+            args.backend = "hf"
+            print(f"--backend auto: hf for {total} prompts (on CPU vLLM's start-up pays back from about "
+                  f"{AUTO_VLLM_MIN_PROMPTS:,}; docs/inference.md)", flush=True)
     return jobs
 
 

@@ -187,6 +187,17 @@ def test_bad_input_is_one_line_error_before_the_engine_starts(models, real_test_
     assert not out.exists()
 
 
+def test_auto_takes_hf_for_a_short_run_on_cpu(models, real_test_file, tmp_path):
+    """--backend auto with vLLM installed: a run of a few prompts does not pay for vLLM's engine start."""
+    out = tmp_path / "auto" / "output.jsonl"
+    proc = cli(*gen_args(real_test_file, models["base"], out, "--backend", "auto", "--mode", "constrained",
+                         "--limit", "4"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--backend auto: hf for 4 prompts" in proc.stdout
+    assert json.loads(open(str(out) + ".run.json").read())["backend"] == "hf"
+    assert count_lines(out) == 4
+
+
 def count_lines(path):
     return open(path, "rb").read().count(b"\n") if os.path.exists(path) else 0
 
