@@ -27,8 +27,8 @@ from inference.records import SCORE_RULES
 
 DEFAULT_BATCH_SIZE = 32
 CHUNK_BATCHES = 8  # examples handed to the runner at once, in batches: the unit of saved progress
-# --backend auto: the faster backend per mode on CPU (benchmarks/bench_inference.py, docs/inference.md),
-# when the running environment has vLLM
+# --backend auto: the faster backend per mode (benchmarks/bench_inference.py, docs/inference.md), when the
+# running environment has vLLM; on CPU also by size (inference/jobs.py: AUTO_VLLM_MIN_PROMPTS)
 AUTO_BACKEND = {"free": "vllm", "constrained": "vllm", "score": "hf"}
 
 
@@ -43,7 +43,7 @@ def parse_args(argv):
     p.add_argument("--jobs", help="jsonl of runs sharing one engine: {test_file, base_model, adapter, out}")
     p.add_argument("--mode", choices=["free", "constrained", "score"], default="free")
     p.add_argument("--backend", choices=["auto", "hf", "vllm"], default="hf",
-                   help="auto: vllm where installed (the faster per mode on CPU), else hf")
+                   help="auto: vllm for free/constrained where installed (on CPU from 2,000 prompts a call), else hf")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="hf: prompts generated at once")
     p.add_argument("--max-new-tokens", type=int, default=800, help="free mode (constrained sizes its own)")
     p.add_argument("--score-norm", choices=list(SCORE_RULES), default="sum",
