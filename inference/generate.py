@@ -138,8 +138,9 @@ def validity(examples, records):
 
 def run_job(job, runner, chunks, output, console):
     """Predict every chunk not done yet; returns the records of `output` once all are done."""
+    # leave=False: the "wrote" line that follows sums the bar up
     bar = tqdm(total=len(output.ids), initial=len(output.done), unit="sample", desc=job.name,
-               file=console[1] if console else None, dynamic_ncols=True)
+               file=console[1] if console else None, dynamic_ncols=True, leave=False)
     for chunk in chunks:
         todo = [ex for ex in chunk if ex["id"] not in output.done]
         if todo:
