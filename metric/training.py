@@ -15,6 +15,7 @@ import json
 import os
 
 from common.cli import UserError, run_main
+from common import io
 from common.io import write_json_atomic, write_text_atomic
 
 
@@ -29,11 +30,7 @@ def count_lines(path):
 def read_json(path):
     if not os.path.isfile(path):
         raise UserError(f"{path} not found: is the module trained (scripts/train_lora.sh)?")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err.msg})") from None
+    return io.read_json(path)
 
 
 def logged_losses(path):
