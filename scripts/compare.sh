@@ -66,9 +66,9 @@ merge_row() {  # merge_row <row> <test file> <output file> VAR=value...: merge_a
   log="$(dirname "$pred")/merge.log"; rm -f "$log"  # its console; shown when it fails
   run_logged "$log" env MODEL="$MODEL" TARGET="$TARGET" SAVE_DIR="$SAVE_DIR" TEMPERATURE="$TEMPERATURE" NAME="$row" \
     MERGED="$merged_dir/$row" PRED="$pred" TEST_FILE="$test" JOBS="$jobs_file" "$@" bash scripts/merge_and_test.sh
-  local what; what="merged$(grep -m1 -o ', lambdas: .*' <(sed 's/^lambdas/, lambdas/' "$log") || true)"
+  local what="merged" lambdas; lambdas=$(grep -m1 '^lambdas:' "$log" || true)
   if grep -q "is up to date" "$log"; then what="merge kept"; fi
-  echo "[compare] $row: $what, queued (log $log)"
+  echo "[compare] $row: $what${lambdas:+, $lambdas}, queued (log $log)"
 }
 run_jobs() {  # every queued row, one process
   if [ ! -s "$jobs_file" ]; then return; fi
