@@ -90,8 +90,8 @@ def main(argv=None):
     md = markdown(rows)
     write_json_atomic(os.path.join(args.out_dir, "training.json"), rows)
     write_text_atomic(os.path.join(args.out_dir, "training.md"), "# Training budgets\n\n" + md)
-    print(md, end="")
-    print(f"wrote {args.out_dir}/training.json, training.md: {len(rows)} modules")
+    each = ", ".join(f"{r['dataset']} {r['samples']:,}" for r in rows)
+    print(f"wrote {args.out_dir}/training.json, training.md: {len(rows)} modules, samples trained: {each}")
     return 0
 
 

@@ -90,7 +90,7 @@ def main(argv=None):
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tokenizer: {len(tokenizer)} tokens; model: {n_params:,} parameters; "
           f"{len(titles)} titles, {len(sequences)} sequences")
-    losses, secs, stopped = [], 0.0, False
+    losses, secs, stopped, trained = [], 0.0, False, "no pre-training"
     if args.steps:
         # about twice the tokens that training reads, so no time goes into encoding text never seen
         stream = token_stream(tokenizer, sequences, max_tokens=2 * args.steps * args.batch_size * args.block_size)
@@ -100,8 +100,8 @@ def main(argv=None):
                 lr=args.lr, seed=args.seed, max_minutes=args.max_minutes, progress=not args.no_progress)
         except ValueError as err:
             raise UserError(str(err)) from None
-        print(f"pre-training: {len(losses)} steps over {len(stream):,} tokens in {secs:.0f}s"
-              + (" (stopped by --max-minutes)" if stopped else ""))
+        trained = f"{len(losses)} pre-training steps over {len(stream):,} tokens in {secs:.0f}s" \
+            + (" (stopped by --max-minutes)" if stopped else "")
     tail = losses[-max(1, min(50, len(losses) // 10)):]  # mean of the last 10% (at most 50) steps
     info = {
         "domains": args.domains, "seed": args.seed, "parameters": n_params, "vocab_size": len(tokenizer),
@@ -112,7 +112,7 @@ def main(argv=None):
     }
     save_atomic(model, tokenizer, args.out, info)
     final = f"{info['final_loss']:.3f}" if tail else "n/a"
-    print(f"wrote {args.out}: final pre-training loss {final}, {time.time() - start:.0f}s in all")
+    print(f"wrote {args.out}: {trained}, final loss {final}; {time.time() - start:.0f}s in all")
     return 0
 
 

@@ -134,12 +134,12 @@ def check_lengths(args, cfg, data_file, say):
                   progress=sys.stderr.isatty())
     over = f"{stats['over']:,} over cutoff_len {cutoff:,} (cut at the end)" if stats["over"] else \
         f"none over cutoff_len {cutoff:,}"
-    say(f"{stats['samples']:,} samples, longest {stats['longest']:,} tokens, {over}")
     with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
         context = json.load(f).get("max_position_embeddings")
     if context and min(cutoff, stats["longest"]) > context:
         say(f"warning: samples of up to {min(cutoff, stats['longest']):,} tokens exceed the model's "
             f"max_position_embeddings {context:,}")
+    return f"{stats['samples']:,} samples, longest {stats['longest']:,} tokens, {over}"
 
 
 def main(argv=None):
@@ -186,8 +186,8 @@ def plan_run(args, cfg, data_file, world, extra, say):
     inputs = train_run.run_inputs(args.dataset, args.data_dir, args.model, args.config,
                                   extra + [f"PRECISION={args.precision}"], world)
     action, reason, checkpoint = train_run.plan(args.out, inputs, args.skip_existing == "1")
-    say(reason)
     if action == "skip":
+        say(reason)
         return action, None, []
     wanted = "bf16" if cfg.get("bf16") else "fp16" if cfg.get("fp16") else "fp32"
     needs_gpu = wanted != "fp32" or args.precision not in ("auto", "fp32")  # fp32 runs anywhere: no torch import
@@ -195,9 +195,10 @@ def plan_run(args, cfg, data_file, world, extra, say):
     if message:
         say(message)
     if args.dry_run:  # loading a tokenizer takes seconds: a dry run only plans
-        say("prompt lengths are checked when training starts")
+        say(f"{reason}; prompt lengths are checked when training starts")
     else:
-        check_lengths(args, cfg, data_file, say)
+        lengths = check_lengths(args, cfg, data_file, say)
+        say(f"{reason}: {args.model} + {os.path.basename(args.config)}, {lengths}")
         train_run.prepare(args.out, inputs, action, checkpoint)
     return action, checkpoint, precision_overrides(precision)
 

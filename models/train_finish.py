@@ -17,6 +17,7 @@ import shutil
 from common.cli import UserError, run_main
 from common.io import write_json_atomic
 from models.check_train_inputs import effective_config
+from models.train_progress import new_rows
 from models.train_run import ADAPTER, ADAPTER_FILES, RECORD, checkpoints, read_record
 
 
@@ -76,6 +77,16 @@ def folder_size(path):
         size /= 1024
 
 
+def last_logged(folder):
+    """'step 75/75, loss 2.1963; ': the last step and training loss LLaMA-Factory logged, or ''."""
+    rows, _ = new_rows(os.path.join(folder, "trainer_log.jsonl"), 0)
+    if not rows:
+        return ""
+    step, total = rows[-1].get("current_steps"), rows[-1].get("total_steps")
+    loss = next((r["loss"] for r in reversed(rows) if isinstance(r.get("loss"), (int, float))), None)
+    return f"step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else "") + "; "
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="the module folder, save/<dataset>; trained in <out>.partial")
@@ -102,7 +113,7 @@ def main(argv=None):
     what = f"adapter of {source} (step {step}" + (f", {metric_key(metric)} {value:.4f}, the best of {n} evaluations)" if value is not None else ")")
     each = f", {folder_size(os.path.join(args.out, os.path.basename(kept[-1][1])))} each" if kept else ""
     took = f" in {args.seconds}s" if args.seconds is not None else ""
-    print(f"[train_lora] wrote {args.out}{took}: {what}; {len(kept)} checkpoints kept{each}; "
+    print(f"[train_lora] wrote {args.out}{took}: {last_logged(args.out)}{what}; {len(kept)} checkpoints kept{each}; "
           f"log {os.path.join(args.out, 'train.log')}")
     return 0
 

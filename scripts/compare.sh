@@ -58,7 +58,6 @@ TARGET=$TARGET SOURCES=$SOURCES MODEL=$MODEL CONFIG=$CONFIG SAVE_DIR=$SAVE_DIR D
 jobs_file="$RUN_DIR/inference.jobs"           # jsonl, one line per row (not *.jsonl: the metric reads those)
 mkdir -p "$RUN_DIR"; rm -f "$jobs_file"
 infer() {  # infer <row> <test file> <model> [adapter]: a row without a merge
-  echo "[compare] $1: queued"
   queue_job "$jobs_file" "$2" "$3" "$RUN_DIR/$1/output.jsonl" "${@:4}"
 }
 merge_row() {  # merge_row <row> <test file> <output file> VAR=value...: merge_and_test.sh, prediction queued
@@ -66,9 +65,9 @@ merge_row() {  # merge_row <row> <test file> <output file> VAR=value...: merge_a
   log="$(dirname "$pred")/merge.log"; rm -f "$log"  # its console; shown when it fails
   run_logged "$log" env MODEL="$MODEL" TARGET="$TARGET" SAVE_DIR="$SAVE_DIR" TEMPERATURE="$TEMPERATURE" NAME="$row" \
     MERGED="$merged_dir/$row" PRED="$pred" TEST_FILE="$test" JOBS="$jobs_file" "$@" bash scripts/merge_and_test.sh
-  local what="merged" lambdas; lambdas=$(grep -m1 '^lambdas:' "$log" || true)
-  if grep -q "is up to date" "$log"; then what="merge kept"; fi
-  echo "[compare] $row: $what${lambdas:+, $lambdas}, queued (log $log)"
+  merged_lambdas=$(grep -m1 '^lambdas:' "$log" || true)
+  local what="merged"; if grep -q "is up to date" "$log"; then what="merge kept"; fi
+  if [ "${QUIET_MERGE:-0}" != 1 ]; then echo "[compare] $row: $what${merged_lambdas:+, $merged_lambdas} (log $log)"; fi
 }
 run_jobs() {  # every queued row, one process
   if [ ! -s "$jobs_file" ]; then return; fi
@@ -101,11 +100,15 @@ if has_row weaverec && [ -n "$GRID" ]; then
   valid_subset="$valid_dir/data/valid_subset.jsonl"
   mkdir -p "$valid_dir/data"
   head -n "$VALID_USERS" "$VALID_FILE" > "$valid_subset"
+  grid_lambdas=()
   for w0 in $GRID; do
     weights="$w0"; for _ in "${sources[@]}"; do weights+=" 1"; done
-    merge_row "weaverec_w$w0" "$valid_subset" "$valid_dir/w$w0/output.jsonl" ADAPTERS="$weaverec_modules" \
-      WEIGHTS="$weights"
+    QUIET_MERGE=1 merge_row "weaverec_w$w0" "$valid_subset" "$valid_dir/w$w0/output.jsonl" \
+      ADAPTERS="$weaverec_modules" WEIGHTS="$weights"
+    read -r -a lam <<< "${merged_lambdas#lambdas:}"; grid_lambdas+=("w$w0 ${lam[0]:-?}")
   done
+  joined=$(printf '%s, ' "${grid_lambdas[@]}")
+  echo "[compare] validation grid merged, target lambda per w_0: ${joined%, } (logs $valid_dir/w*/merge.log)"
   run_jobs
   "$PYTHON" -m metric.metric --test-file "$valid_subset" --pred-dir "$valid_dir" \
     --out-dir "$valid_dir" --no-baselines --bootstrap 0 > /dev/null
@@ -120,7 +123,8 @@ for objective in likelihood entropy; do
   if [ "$objective" = likelihood ]; then prompts=$VALID_FILE; limit=$VALID_USERS; else prompts=$TEST_FILE; limit=""; fi
   learned="$RUN_DIR/learned_$objective"
   MODEL=$MODEL ADAPTERS="$weaverec_modules" OBJECTIVE=$objective PROMPTS=$prompts LIMIT=$limit \
-    WEIGHTS_DIR=$learned TEMPERATURE=$TEMPERATURE SCORE_NORM=$SCORE_NORM bash scripts/learn_weights.sh
+    WEIGHTS_DIR=$learned TEMPERATURE=$TEMPERATURE SCORE_NORM=$SCORE_NORM bash scripts/learn_weights.sh \
+    | grep -v '^merge with:'  # compare merges it below
   merge_row "weaverec_$objective" "$TEST_FILE" "$RUN_DIR/weaverec_$objective/output.jsonl" \
     ADAPTERS="$weaverec_modules" WEIGHTS_FILE="$learned/weights.json"
 done

@@ -50,7 +50,7 @@ RUN_DIR=${RUN_DIR:-result/quickstart_${TAG}_${TARGET}_$SCENARIO}
 SEED=${SEED:-42}
 
 start=$SECONDS
-stage() { echo; echo "=== [quickstart $((SECONDS - start))s] $*"; }
+stage() { echo "=== [quickstart $((SECONDS - start))s] $*"; }
 
 stage "environment"
 VLLM=$VLLM bash scripts/setup.sh

@@ -96,7 +96,6 @@ cleanup() {
 trap cleanup EXIT
 log="$PARTIAL/train.log"
 mkdir -p "$PARTIAL"
-echo "[train_lora] $DATASET: $MODEL + $CONFIG -> $OUT (LLaMA-Factory's output: $log)"
 echo "=== $(date '+%F %T') ${cmd[*]}" >> "$log"
 "$PYTHON" -m models.train_progress --log "$PARTIAL/trainer_log.jsonl" --name "$DATASET" --parent $$ &
 watcher=$!

@@ -38,5 +38,5 @@ for ds in "${datasets[@]}"; do
   elif [[ "$last" == *"skipped"* ]]; then summary+=("$ds: skipped")
   else summary+=("$ds: dry run"); fi
 done
-echo "[train_modules] target $TARGET, sources ${sources[*]}:"
-printf '  %s\n' "${summary[@]}"
+joined=$(printf '%s; ' "${summary[@]}")
+echo "[train_modules] target $TARGET, sources ${sources[*]}: ${joined%; }"
