@@ -105,15 +105,19 @@ if has_row weaverec && [ -n "$GRID" ]; then
     weights="$w0"; for _ in "${sources[@]}"; do weights+=" 1"; done
     QUIET_MERGE=1 merge_row "weaverec_w$w0" "$valid_subset" "$valid_dir/w$w0/output.jsonl" \
       ADAPTERS="$weaverec_modules" WEIGHTS="$weights"
-    read -r -a lam <<< "${merged_lambdas#lambdas:}"; grid_lambdas+=("w$w0 ${lam[0]:-?}")
+    read -r -a lam <<< "${merged_lambdas#lambdas:}"; grid_lambdas+=("${lam[0]:-?}")
   done
-  joined=$(printf '%s, ' "${grid_lambdas[@]}")
-  echo "[compare] validation grid merged, target lambda per w_0: ${joined%, } (logs $valid_dir/w*/merge.log)"
-  run_jobs
+  echo "[compare] validation grid: w_0 in $GRID merged (target lambda ${grid_lambdas[*]}), each predicted for" \
+    "$(wc -l < "$valid_subset") validation users (log $valid_dir/inference.log)"
+  rm -f "$valid_dir/inference.log"; run_logged "$valid_dir/inference.log" run_jobs
   "$PYTHON" -m metric.metric --test-file "$valid_subset" --pred-dir "$valid_dir" \
     --out-dir "$valid_dir" --no-baselines --bootstrap 0 > /dev/null
-  best=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"])' "$valid_dir/metrics.json")
-  echo "[compare] target weight chosen on $VALID_USERS validation users: ${best#w}"
+  chosen=$("$PYTHON" -c 'import json, sys
+report = json.load(open(sys.argv[1]))
+print(report["best"], ", ".join("%s %.4f" % (r["name"], r["metrics"]["NDCG@1"]["value"]) for r in report["rows"]))' \
+    "$valid_dir/metrics.json")
+  read -r best ndcg <<< "$chosen"
+  echo "[compare] target weight chosen on $(wc -l < "$valid_subset") validation users: ${best#w} (NDCG@1 $ndcg)"
   infer weaverec_tuned "$TEST_FILE" "$MODEL" "$merged_dir/weaverec_$best"
 fi
 # learned weights (scripts/learn_weights.sh), opt-in rows: weaverec_likelihood fits per-module w on the first
@@ -124,7 +128,7 @@ for objective in likelihood entropy; do
   learned="$RUN_DIR/learned_$objective"
   MODEL=$MODEL ADAPTERS="$weaverec_modules" OBJECTIVE=$objective PROMPTS=$prompts LIMIT=$limit \
     WEIGHTS_DIR=$learned TEMPERATURE=$TEMPERATURE SCORE_NORM=$SCORE_NORM bash scripts/learn_weights.sh \
-    | grep -v '^merge with:'  # compare merges it below
+    | grep --line-buffered -v '^merge with:'  # compare merges it below
   merge_row "weaverec_$objective" "$TEST_FILE" "$RUN_DIR/weaverec_$objective/output.jsonl" \
     ADAPTERS="$weaverec_modules" WEIGHTS_FILE="$learned/weights.json"
 done
