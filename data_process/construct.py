@@ -89,11 +89,12 @@ def main(argv=None):
     outputs = {f"{target}_{s}": [target, s] for s in sources}
     if args.all_mixed:
         outputs["_".join([target, *sources])] = [target, *sources]
+    written = []
     for name, domains in outputs.items():
         count = mix(name, [lines[d] for d in domains], args.cap, args.seed, args.train_dir)
-        print(f"wrote {os.path.join(args.train_dir, name + '.jsonl')}: {count} lines")
+        written.append(f"{os.path.join(args.train_dir, name + '.jsonl')} ({count:,} lines)")
     dataset_info.register(args.train_dir, list(outputs))
-    print(f"registered {', '.join(outputs)} in {os.path.join(args.train_dir, dataset_info.FILE_NAME)} "
+    print(f"wrote {', '.join(written)}; registered in {os.path.join(args.train_dir, dataset_info.FILE_NAME)} "
           f"({time.time() - start:.1f}s)")
     return 0
 

@@ -74,8 +74,8 @@ run_jobs() {  # every queued row, one process
   echo "[compare] inference of $(wc -l < "$jobs_file") rows in one process (backend $BACKEND, $MODE)"
   split_list infer_extra "$INFER_ARGS"
   "$(infer_python)" -m inference.generate --jobs "$jobs_file" --mode "$MODE" --score-norm "$SCORE_NORM" \
-    --batch-size "$BATCH_SIZE" --backend "$BACKEND" --replace-stale "${infer_extra[@]}"
-  rm -f "$jobs_file"
+    --batch-size "$BATCH_SIZE" --backend "$BACKEND" --replace-stale "${infer_extra[@]}" || return  # set -e is off
+  rm -f "$jobs_file"                                                          # under run_logged's ||
 }
 weaverec_modules="$SAVE_DIR/$TARGET ${hybrids[*]}"
 

@@ -29,13 +29,15 @@ mixed_name() { local IFS=_; echo "$*"; }               # mixed_name T S1 S2 -> T
 step() { echo "[$(basename "$0" .sh)] step $1 of 6: $2"; }
 
 # run_logged LOG CMD...: CMD's output goes to LOG; when it fails, the log's last lines and one error line
+# (CMD may be a function: set -e does not stop it inside, so it must return its own failures)
 run_logged() {
-  local log=$1 status=0; shift
+  local log=$1 status=0 name arg; shift
+  name=$1; for arg in "$@"; do case $arg in *.sh) name=$arg; break ;; esac; done  # env VAR=x bash s.sh: s.sh
   mkdir -p "$(dirname "$log")"
   "$@" >> "$log" 2>&1 || status=$?
   if [ "$status" -ne 0 ]; then
     tail -n "${LOG_TAIL:-30}" "$log" >&2
-    echo "error: $1 failed (exit $status); full log: $log" >&2
+    echo "error: $name failed (exit $status); full log: $log" >&2
   fi
   return "$status"
 }

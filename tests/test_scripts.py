@@ -58,3 +58,17 @@ def test_quickstart_refuses_an_unknown_scenario_before_doing_anything(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: SCENARIO=both: use transfer or conflict"
     assert proc.stdout == "" and not (tmp_path / "run").exists()
+
+
+def test_run_logged_keeps_the_console_in_its_log_and_shows_its_tail_on_failure(tmp_path):
+    """A step's output goes to its log; a failure shows the log's last lines and names the script, not `env`."""
+    script = tmp_path / "fails.sh"
+    script.write_text("echo one; echo two; exit 3\n")
+    log = tmp_path / "logs" / "step.log"
+    ok = subprocess.run(["bash", "-c", f'source scripts/lib.sh; run_logged {log} echo quiet'], cwd=REPO,
+                        capture_output=True, text=True, check=False)
+    assert ok.returncode == 0 and ok.stdout == ok.stderr == "" and log.read_text() == "quiet\n"
+    failed = subprocess.run(["bash", "-c", f'source scripts/lib.sh; run_logged {log} env X=1 bash {script}'],
+                            cwd=REPO, capture_output=True, text=True, check=False)
+    assert failed.returncode == 3 and failed.stdout == ""
+    assert failed.stderr.splitlines() == ["quiet", "one", "two", f"error: {script} failed (exit 3); full log: {log}"]
