@@ -69,13 +69,13 @@ merge_row() {  # merge_row <row> <test file> <output file> VAR=value...: merge_a
   local what="merged"; if grep -q "is up to date" "$log"; then what="merge kept"; fi
   if [ "${QUIET_MERGE:-0}" != 1 ]; then echo "[compare] $row: $what${merged_lambdas:+, $merged_lambdas} (log $log)"; fi
 }
-run_jobs() {  # every queued row, one process
+run_jobs() {  # every queued row, one process (returns its failure itself: under run_logged set -e is off)
   if [ ! -s "$jobs_file" ]; then return; fi
   echo "[compare] inference of $(wc -l < "$jobs_file") rows in one process (backend $BACKEND, $MODE)"
   split_list infer_extra "$INFER_ARGS"
   "$(infer_python)" -m inference.generate --jobs "$jobs_file" --mode "$MODE" --score-norm "$SCORE_NORM" \
-    --batch-size "$BATCH_SIZE" --backend "$BACKEND" --replace-stale "${infer_extra[@]}" || return  # set -e is off
-  rm -f "$jobs_file"                                                          # under run_logged's ||
+    --batch-size "$BATCH_SIZE" --backend "$BACKEND" --replace-stale "${infer_extra[@]}" || return
+  rm -f "$jobs_file"
 }
 weaverec_modules="$SAVE_DIR/$TARGET ${hybrids[*]}"
 
