@@ -14,12 +14,12 @@ SYNTH_DIR=${SYNTH_DIR:-raw/synthetic}
 # follows the target's rule and toys a conflicting one (scripts/synthesize_data.sh):
 #   transfer  a data-poor target (100 training + 100 validation samples) and the agreeing source beauty
 #             (600 + 200): the hybrid and WeaveRec should beat target-only;
-#   conflict  a target of 450 + 300 samples and the conflicting source toys (1,000 + 200): its hybrid and
+#   conflict  a target of 450 + 300 samples and the conflicting source toys (2,000 + 200): its hybrid and
 #             the naive merge should fall below target-only, WeaveRec should not.
 SCENARIO=${SCENARIO:-transfer}            # transfer | conflict: sets the sizes and SOURCES below
 case $SCENARIO in
   transfer) s_sources=beauty; s_target=100; s_target_valid=100; s_train=600; s_valid=200 ;;
-  conflict) s_sources=toys; s_target=450; s_target_valid=300; s_train=1000; s_valid=200 ;;
+  conflict) s_sources=toys; s_target=450; s_target_valid=300; s_train=2000; s_valid=200 ;;
   *) echo "error: SCENARIO=$SCENARIO: use transfer or conflict" >&2; exit 2 ;;
 esac
 TARGET=${TARGET:-sports}
