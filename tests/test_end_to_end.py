@@ -93,6 +93,9 @@ def test_compare_trains_what_is_missing_and_reports_every_row(work):
            "TEST_DIR": work["testdata"], "GRID": "0 2", "VALID_USERS": "8", "BOOTSTRAP": "50"}
     out = run(["bash", "scripts/compare.sh"], env)
     assert "target weight chosen on 8 validation users" in out
+    # a quiet console: LLaMA-Factory's and the merges' output in their logs, a line or two per module and row
+    assert "input_ids" not in out and "[INFO" not in out and "queued" not in out
+    assert len(out.splitlines()) <= 75  # 6 modules, 15 rows, 14 paired tests: 65 lines measured
     metrics = json.loads(open(os.path.join(run_dir, "metrics.json")).read())
     names = {r["name"] for r in metrics["rows"]}
     assert names == {"base", "target_only", "hybrid_beauty", "hybrid_toys", "mixed_all", "naive_merge",
