@@ -127,8 +127,7 @@ for objective in likelihood entropy; do
   if [ "$objective" = likelihood ]; then prompts=$VALID_FILE; limit=$VALID_USERS; else prompts=$TEST_FILE; limit=""; fi
   learned="$RUN_DIR/learned_$objective"
   MODEL=$MODEL ADAPTERS="$weaverec_modules" OBJECTIVE=$objective PROMPTS=$prompts LIMIT=$limit \
-    WEIGHTS_DIR=$learned TEMPERATURE=$TEMPERATURE SCORE_NORM=$SCORE_NORM bash scripts/learn_weights.sh \
-    | grep --line-buffered -v '^merge with:'  # compare merges it below
+    WEIGHTS_DIR=$learned TEMPERATURE=$TEMPERATURE SCORE_NORM=$SCORE_NORM bash scripts/learn_weights.sh
   merge_row "weaverec_$objective" "$TEST_FILE" "$RUN_DIR/weaverec_$objective/output.jsonl" \
     ADAPTERS="$weaverec_modules" WEIGHTS_FILE="$learned/weights.json"
 done
