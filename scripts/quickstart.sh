@@ -33,13 +33,13 @@ HISTORY=${HISTORY:-10}                    # most recent history items in a promp
 ANSWER_ITEMS=${ANSWER_ITEMS:-1}           # titles in a training answer: the target alone (docs/results.md)
 TITLE_WORDS=${TITLE_WORDS:-0}             # first words of each title kept (0: whole titles)
 if [ "$DATA" = synthetic ]; then RAW_DIR=$SYNTH_DIR; TAG=synthetic; else RAW_DIR=$DATA; TAG=$(basename "$DATA"); fi
-DATA_DIR=${DATA_DIR:-traindata}
-TEST_DIR=${TEST_DIR:-testdata}
-if [ "$TAG" = synthetic ]; then
-  MODEL=${MODEL:-models/tiny-qwen2-$SCENARIO}; SAVE_DIR=${SAVE_DIR:-save/$SCENARIO}
-else  # models and modules of other data kept apart
-  MODEL=${MODEL:-models/tiny-qwen2-$TAG}; SAVE_DIR=${SAVE_DIR:-save/$TAG}
-fi
+# each scenario (or real data set) has its own data, base model and modules: the two scenarios write
+# different sports files, and a shared folder would make one run retrain the other's modules
+if [ "$TAG" = synthetic ]; then RUN_TAG=$SCENARIO; else RUN_TAG=$TAG; fi
+DATA_DIR=${DATA_DIR:-traindata/$RUN_TAG}
+TEST_DIR=${TEST_DIR:-testdata/$RUN_TAG}
+MODEL=${MODEL:-models/tiny-qwen2-$RUN_TAG}
+SAVE_DIR=${SAVE_DIR:-save/$RUN_TAG}
 BASE_STEPS=${BASE_STEPS:-1000}            # pre-training steps of the tiny base model
 MODE=${MODE:-score}                       # free | constrained | score
 BACKEND=${BACKEND:-auto}                  # hf | vllm | auto: vllm where .venv-vllm exists (VLLM=1 builds it)
