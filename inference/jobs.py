@@ -136,6 +136,9 @@ def make_jobs(args):
             args.backend = "hf"
             print(f"--backend auto: hf for {total} prompts (on CPU vLLM's start-up pays back from about "
                   f"{AUTO_VLLM_MIN_PROMPTS:,}; docs/inference.md)", flush=True)
+    if args.backend == "vllm":  # of the whole test files: every data-parallel worker serves the same engine
+        from inference.vllm_engine import longest_request
+        args.longest_request = longest_request(jobs, args.mode, args.max_new_tokens)
     return jobs
 
 

@@ -62,7 +62,7 @@ class Session:
             self.engine = Engine(job.base, job.adapters, a.vllm_adapters_resolved, job.tokenizer_path,
                                  a.dtype_resolved, a.seed, a.tensor_parallel_size, self.max_lora_rank,
                                  a.compile or a.device_resolved.startswith("cuda"),
-                                 os.path.dirname(os.path.abspath(job.output.out)))
+                                 os.path.dirname(os.path.abspath(job.output.out)), longest=a.longest_request)
         lora = self.engine.serve(job.base, job.adapters)
         return VLLMRunner(self.engine, job.tok, a.mode, a.max_new_tokens, a.score_norm, a.temperature,
                           a.seed, lora)

@@ -14,6 +14,7 @@ Adapters are served one of two ways (--vllm-adapters):
 """
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -32,12 +33,35 @@ CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM 0.32
 
 def cpu_head_dim(model_dir):
     """The attention head dimension of a model folder, if vLLM's CPU attention lacks a kernel for it."""
-    import json
-
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     return None if dim in CPU_HEAD_DIMS else dim
+
+
+def model_positions(model_dir):
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        return json.load(f).get("max_position_embeddings")
+
+
+def longest_request(jobs, mode, max_new_tokens):
+    """The most tokens one request of these jobs holds: its prompt and the most it may generate (free:
+    max_new_tokens; constrained: the automaton's longest answer; score: the longest candidate)."""
+    from common.prompt import TOP_K
+    from inference.constrained import CandidateConstraint
+    from inference.records import candidate_tokens, score_titles
+
+    longest, cache = 0, {}
+    for job in jobs:
+        for ex in job.examples:
+            if mode == "free":
+                answer = max_new_tokens
+            elif mode == "constrained":
+                answer = CandidateConstraint(ex["candidates"], job.tok, job.tok.eos_token_id, TOP_K, cache).max_tokens
+            else:
+                answer = max(len(candidate_tokens(job.tok, t)) for t in score_titles(ex))
+            longest = max(longest, len(ex["prompt_ids"]) + answer)
+    return longest
 
 
 def import_vllm():
@@ -120,7 +144,7 @@ class Engine:
     """A vLLM engine and the weights it serves now. how: "lora" or "merge" (module docstring)."""
 
     def __init__(self, base, adapters, how, tokenizer_path, dtype="float32", seed=0, tensor_parallel_size=1,
-                 max_lora_rank=None, compile_model=False, work_dir=".", engine_args=None):
+                 max_lora_rank=None, compile_model=False, work_dir=".", engine_args=None, longest=0):
         vllm = import_vllm()
         from inference.vllm_backend import CandidateProcessor
 
@@ -131,6 +155,13 @@ class Engine:
                   "logits_processors": [CandidateProcessor]}
         if max_lora_rank:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+        positions = model_positions(base)
+        if positions and longest > positions:
+            # vLLM refuses (or cuts short) a request past the model's positions, where transformers runs on:
+            # a larger RoPE table (exact: RoPE is a formula of the position) serves what the hf backend computes
+            kwargs["hf_overrides"] = {"max_position_embeddings": longest}
+            print(f"[vllm] requests of up to {longest} tokens, beyond the model's {positions} positions: "
+                  f"served with max_position_embeddings {longest}, as the hf backend runs past them", flush=True)
         kwargs.update(engine_args or {})  # more vllm.LLM arguments (benchmarks)
         with merged_folder(base, adapters if how == "merge" else (), dtype, work_dir) as folder:
             self.llm = vllm.LLM(model=folder, **kwargs)

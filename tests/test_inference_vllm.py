@@ -230,3 +230,21 @@ def test_resume_after_sigkill_and_data_parallel_join_equal_one_run(models, real_
     assert parallel.read_bytes() == one.read_bytes()
     assert [r["id"] for r in map(json.loads, parallel.read_text().splitlines())] == list(range(12))
     assert not list(parallel.parent.glob("output.jsonl.shard-*-of-2"))  # parts joined and removed
+
+
+def test_requests_past_the_models_positions_equal_hf(models, real_test_file, tmp_path):
+    """vLLM refuses a request longer than the model's max_position_embeddings, where transformers runs on:
+    a copy of the base with 128 positions, prompts of several hundred tokens, constrained mode."""
+    short = tmp_path / "short"
+    shutil.copytree(models["base"], short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps(dict(config, max_position_embeddings=128)))
+    outs = {b: tmp_path / b / "output.jsonl" for b in ("hf", "vllm")}
+    for backend, out in outs.items():
+        proc = cli(*gen_args(real_test_file, short, out, "--backend", backend, "--mode", "constrained",
+                             "--limit", "4"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "beyond the model's 128 positions" in open(str(outs["vllm"]) + ".vllm.log").read()
+    records = {b: [json.loads(line) for line in out.read_text().splitlines()] for b, out in outs.items()}
+    assert records["vllm"] == records["hf"] and len(records["hf"]) == 4
+    assert all(len(set(r["output"].split("||"))) == 5 for r in records["hf"])
