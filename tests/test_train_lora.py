@@ -266,6 +266,11 @@ def test_train_modules_in_parallel_gives_the_bytes_of_one_at_a_time(built_model,
     for name in ("sports", "sports_beauty"):
         assert (tmp_path / "save" / name / "adapter_model.safetensors").read_bytes() == reference
         assert "[train_lora]" in (tmp_path / "save" / f"{name}.console.log").read_text()
+    failing = subprocess.run(["bash", "scripts/train_modules.sh"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                             env=dict(env, SAVE_DIR=str(tmp_path / "failing"), TRAIN_ARGS="no_such_argument=1"), check=False)
+    assert failing.returncode == 1 and "error: training failed for" in failing.stderr, failing.stderr[-2000:]
+    assert "no_such_argument" in failing.stderr  # the end of a failed module's console names the cause
+    assert not (tmp_path / "failing" / "sports" / "adapter_model.safetensors").exists()
     for bad, message in ((dict(PARALLEL="two"), "PARALLEL=two: a number"), (dict(NPROC="2"), "one at a time on several")):
         proc = subprocess.run(["bash", "scripts/train_modules.sh"], cwd=REPO, env=dict(env, **bad), capture_output=True,
                               text=True, timeout=60, check=False)
