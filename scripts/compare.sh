@@ -37,6 +37,7 @@ BOOTSTRAP=${BOOTSTRAP:-1000}
 BACKEND=${BACKEND:-auto}                  # hf | vllm | auto (vllm where .venv-vllm exists, per mode: docs/inference.md)
 PARALLEL=${PARALLEL:-1}                   # modules trained at once (train_modules.sh; CPU only)
 INFER_ARGS=${INFER_ARGS:-}                # more inference options, e.g. "--data-parallel 2"
+SEED=${SEED:-42}                          # DARE's drop masks, the learned weights' split, baselines, bootstrap
 
 split_list sources "$SOURCES"
 has_row() { [[ " $ROWS " == *" $1 "* ]]; }
@@ -128,7 +129,7 @@ for objective in likelihood entropy; do
   if [ "$objective" = likelihood ]; then prompts=$VALID_FILE; limit=$VALID_USERS; else prompts=$TEST_FILE; limit=""; fi
   learned="$RUN_DIR/learned_$objective"
   MODEL=$MODEL ADAPTERS="$weaverec_modules" OBJECTIVE=$objective PROMPTS=$prompts LIMIT=$limit \
-    WEIGHTS_DIR=$learned TEMPERATURE=$TEMPERATURE SCORE_NORM=$SCORE_NORM bash scripts/learn_weights.sh
+    WEIGHTS_DIR=$learned TEMPERATURE=$TEMPERATURE SCORE_NORM=$SCORE_NORM SEED=$SEED bash scripts/learn_weights.sh
   merge_row "weaverec_$objective" "$TEST_FILE" "$RUN_DIR/weaverec_$objective/output.jsonl" \
     ADAPTERS="$weaverec_modules" WEIGHTS_FILE="$learned/weights.json"
 done
@@ -139,7 +140,7 @@ if has_row ties; then
 fi
 if has_row dare_ties; then
   merge_row dare_ties "$TEST_FILE" "$RUN_DIR/dare_ties/output.jsonl" ADAPTERS="$weaverec_modules" METHOD=dare_ties \
-    OUTPUT=full MERGE_ARGS="--drop-rate $DROP_RATE"
+    OUTPUT=full MERGE_ARGS="--drop-rate $DROP_RATE --seed $SEED"
 fi
 if has_row task_arithmetic; then
   merge_row task_arithmetic "$TEST_FILE" "$RUN_DIR/task_arithmetic/output.jsonl" ADAPTERS="$weaverec_modules" \
@@ -165,7 +166,7 @@ pair weaverec popularity; pair weaverec content
 pair weaverec_likelihood weaverec; pair weaverec_entropy weaverec
 pair weaverec_likelihood target_only; pair weaverec_likelihood naive_merge; pair weaverec_tuned naive_merge
 "$PYTHON" -m metric.metric --test-file "$TEST_FILE" --pred-dir "$RUN_DIR" --out-dir "$RUN_DIR" \
-  "${items_arg[@]}" "${compare[@]}" --bootstrap "$BOOTSTRAP"
+  "${items_arg[@]}" "${compare[@]}" --bootstrap "$BOOTSTRAP" --seed "$SEED"
 
 # 5. each module's budget: the lines of its file, epochs, samples trained, optimisation steps
 modules=("$TARGET")

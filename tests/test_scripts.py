@@ -11,7 +11,7 @@ SCRIPTS = sorted(p for p in (REPO / "scripts").glob("*.sh") if p.name != "lib.sh
 STEPS = {"download_data.sh": 1, "make_data.sh": 2, "construct.sh": 3, "train_modules.sh": 4, "train_lora.sh": 4,
          "merge_and_test.sh": 5, "metric.sh": 6}
 PRESET = {"TRAIN_SAMPLES", "VALID_SAMPLES", "TEST_USERS", "HISTORY", "ANSWER_ITEMS", "SOURCES", "MODEL", "SAVE_DIR",
-          "RUN_DIR", "DATA_DIR", "TEST_DIR", "PARALLEL"}  # quickstart.sh's own sizes and folders (one set per scenario)
+          "RUN_DIR", "DATA_DIR", "TEST_DIR", "PARALLEL", "SYNTH_DIR", "SYNTH_SEED"}  # quickstart.sh's own sizes and folders (one set per scenario)
 DEFAULT = re.compile(r"^([A-Z][A-Z0-9_]*)=\$\{\1:?-(.*?)\}(?:\s|$)", re.M)
 
 
