@@ -33,7 +33,7 @@ def parse_args(argv):
 
 
 def chunks(args, tok):
-    from inference.generate import DEFAULT_BATCH_SIZE, chunks_of, read_tests
+    from inference.examples import DEFAULT_BATCH_SIZE, chunks_of, read_tests
     from inference.records import prompt_ids
 
     examples = read_tests(args.test_file, "score", args.prompts)

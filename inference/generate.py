@@ -20,16 +20,24 @@ import time
 from tqdm import tqdm
 
 from common.cli import UserError, run_main
-from common.io import read_jsonl
-from common.prompt import TOP_K, parse_user_prompt, sample_parts, split_titles
 from inference import jobs as joblist
+from inference.examples import DEFAULT_BATCH_SIZE, validity
+from inference.loading import SDPA_BACKENDS
+from inference.memory import peak_text
 from inference.records import SCORE_RULES
 
-DEFAULT_BATCH_SIZE = 32
-CHUNK_BATCHES = 8  # examples handed to the runner at once, in batches: the unit of saved progress
 # --backend auto: the faster backend per mode (benchmarks/bench_inference.py, docs/inference.md), when the
 # running environment has vLLM; on CPU also by size (inference/jobs.py: AUTO_VLLM_MIN_PROMPTS)
 AUTO_BACKEND = {"free": "vllm", "constrained": "vllm", "score": "hf"}
+
+
+def batch_size_arg(text):
+    """--batch-size: "auto" or a whole number, at least 1."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"auto or a whole number >= 1, not {text!r}")
+    return int(text)
 
 
 def parse_args(argv):
@@ -44,7 +52,12 @@ def parse_args(argv):
     p.add_argument("--mode", choices=["free", "constrained", "score"], default="free")
     p.add_argument("--backend", choices=["auto", "hf", "vllm"], default="hf",
                    help="auto: vllm for free/constrained where installed (on CPU from 2,000 prompts a call), else hf")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="hf: prompts generated at once")
+    p.add_argument("--batch-size", type=batch_size_arg, default="auto",
+                   help=f"hf: prompts run at once (auto: {DEFAULT_BATCH_SIZE} on CPU; on a GPU the most that fit its "
+                        "free memory at the longest prompts; out of memory, a batch is halved)")
+    p.add_argument("--sdpa-backends", choices=SDPA_BACKENDS, default="auto",
+                   help="hf: attention kernels (auto: all but cuDNN's, which plans anew for every shape; "
+                        "torch: torch's own choice)")
     p.add_argument("--max-new-tokens", type=int, default=800, help="free mode (constrained sizes its own)")
     p.add_argument("--score-norm", choices=list(SCORE_RULES), default="sum",
                    help="score mode: total (sum) or per-token (mean) log-likelihood, or calibrated: minus "
@@ -61,7 +74,8 @@ def parse_args(argv):
                         "(auto: lora on GPUs, merge on CPU)")
     p.add_argument("--max-lora-rank", type=int, help="vllm lora: default the smallest size that fits")
     p.add_argument("--compile", action="store_true",
-                   help="vllm: compile the model (slower start, faster decoding; the default on GPUs)")
+                   help="vllm: compile the model (slower start, faster decoding; the default on GPUs); hf: a "
+                        "static KV cache, the decoding step compiled by transformers on a GPU")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0, help="used only when sampling (temperature > 0)")
     p.add_argument("--limit", type=int, help="only the first N test lines")
@@ -69,7 +83,7 @@ def parse_args(argv):
     p.add_argument("--replace-stale", action="store_true",
                    help="replace an output only when its arguments or inputs changed (else resume or skip)")
     args = p.parse_args(argv)
-    for name in ("batch_size", "max_new_tokens", "tensor_parallel_size", "limit", "threads", "data_parallel"):
+    for name in ("max_new_tokens", "tensor_parallel_size", "limit", "threads", "data_parallel"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -89,72 +103,28 @@ def parse_args(argv):
     return args
 
 
-def read_tests(path, mode, limit=None):
-    """Test examples: id, system, user and the prompt's candidates (None if unparsable in free mode)."""
-    rows = read_jsonl(path, "test file")
-    if not rows:
-        raise UserError(f"test file is empty: {path}")
-    rows = rows[:limit] if limit else rows
-    examples = []
-    for i, row in enumerate(rows):
-        try:
-            system, user, _ = sample_parts(row, i + 1)
-        except UserError as err:
-            raise UserError(f"{path}: {err}") from None
-        try:
-            candidates = parse_user_prompt(user)[1]
-        except UserError as err:
-            if mode != "free":
-                raise UserError(f"{path}: line {i + 1}: {err} (needed by --mode {mode})") from None
-            candidates = None
-        if mode != "free" and not any(c.strip() for c in candidates):
-            raise UserError(f"{path}: line {i + 1}: the candidate list is empty")
-        examples.append({"id": i, "system": system, "user": user, "candidates": candidates})
-    return examples
-
-
-def chunks_of(examples, args):
-    """The chunks handed to the runner, longest prompts first; fixed for given inputs (a resumed run and
-    every data-parallel worker cut the same chunks). Needs each example's "prompt_ids"."""
-    size = args.batch_size * CHUNK_BATCHES
-    order = sorted(examples, key=lambda ex: (-len(ex["prompt_ids"]), ex["id"]))
-    return [order[i:i + size] for i in range(0, len(order), size)]
-
-
-def validity(examples, records):
-    """(share of output titles that are candidates, share of outputs that are 5 distinct candidates)."""
-    items = valid = full = answers = 0
-    for ex, rec in zip(examples, records):
-        if ex["candidates"] is None:
-            continue
-        answers += 1
-        cands = {c.strip() for c in ex["candidates"]}
-        titles = split_titles(rec["output"])
-        items += len(titles)
-        valid += sum(t in cands for t in titles)
-        full += len(titles) == TOP_K and len(set(titles)) == TOP_K and all(t in cands for t in titles)
-    return valid / max(items, 1), full / max(answers, 1)
-
-
 def run_job(job, runner, chunks, output, console):
     """Predict every chunk not done yet; returns the records of `output` once all are done."""
     # leave=False: the "wrote" line that follows sums the bar up
     bar = tqdm(total=len(output.ids), initial=len(output.done), unit="sample", desc=job.name,
                file=console[1] if console else None, dynamic_ncols=True, leave=False)
-    for chunk in chunks:
-        todo = [ex for ex in chunk if ex["id"] not in output.done]
-        if todo:
-            output.add(runner(chunk))
-            bar.update(len(todo))
-    bar.close()
+    try:
+        for chunk in chunks:
+            todo = [ex for ex in chunk if ex["id"] not in output.done]
+            if todo:
+                output.add(runner(chunk))
+                bar.update(len(todo))
+    finally:
+        bar.close()  # an error line then starts a line of its own
     return output.finish()
 
 
-def report(job, records, resumed, loaded, seconds, console=None):
+def report(job, records, resumed, loaded, seconds, runner, console=None):
     item_rate, full_rate = validity(job.examples, records)
+    batch = getattr(runner, "batch_text", "")
     print(f"wrote {job.out}: {len(records)} lines ({resumed} resumed), mode {job.args.mode}, backend "
-          f"{job.args.backend}, model ready in {loaded:.1f}s, {seconds:.1f}s, "
-          f"{(len(records) - resumed) / max(seconds, 1e-9):.2f} samples/s; "
+          f"{job.args.backend}{batch}, model ready in {loaded:.1f}s, {seconds:.1f}s, "
+          f"{(len(records) - resumed) / max(seconds, 1e-9):.2f} samples/s, {peak_text(job.args.device_resolved)}; "
           f"valid titles {item_rate:.1%}, answers of 5 distinct candidates {full_rate:.1%}",
           file=console[0] if console else sys.stdout, flush=True)
 
@@ -173,7 +143,7 @@ def run_all(args, jobs, console):
         loaded = time.time()
         resumed = len(job.output.done)
         records = run_job(job, runner, job.chunks, job.output, console)
-        report(job, records, resumed, loaded - start, time.time() - loaded, console)
+        report(job, records, resumed, loaded - start, time.time() - loaded, runner, console)
     session.close()
 
 

@@ -7,11 +7,17 @@ own generation defaults (e.g. Qwen2-Instruct's temperature 0.7 and repetition pe
 score ranks the candidates by likelihood (inference/scoring.py).
 """
 
+import re
+import sys
+
 import torch
+from tqdm import tqdm
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from common.cli import UserError
 from common.prompt import TOP_K
 from inference.constrained import CandidateConstraint, Tracker, mask_rows
+from inference.loading import attention_backends
 from inference.records import (
     candidate_tokens,
     constrained_record,
@@ -38,9 +44,22 @@ class CandidateLogits(LogitsProcessor):
         return mask_rows(scores, {row: t.allowed(generated[row]) for row, t in enumerate(self.trackers)})
 
 
+def oom_detail(err):
+    """What torch's out-of-memory message says was asked for and was free, in a few words."""
+    asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", str(err))
+    free = re.search(r"([\d.]+ [KMGT]?i?B) (?:is )?free", str(err))
+    parts = ([f"{asked[1]} more asked for"] if asked else []) + ([f"{free[1]} free"] if free else [])
+    return ", ".join(parts) or "out of memory"
+
+
 class HFRunner:
+    """Args beyond the obvious: batch_size, prompts generated at once (a call may bring more examples);
+    score_batch, prompts per forward pass in score mode (1: inference/scoring.py's one-prompt path);
+    sdpa, the attention kernels allowed (inference.loading.attention_backends); compile, generation with a
+    static KV cache, whose decoding step transformers compiles with torch.compile on a GPU."""
+
     def __init__(self, model, tokenizer, mode="free", max_new_tokens=128, score_norm="sum",
-                 temperature=0.0, seed=0, batch_size=32):
+                 temperature=0.0, seed=0, batch_size=32, score_batch=1, sdpa="auto", compile=False):
         self.model = model
         self.tok = tokenizer
         self.mode = mode
@@ -48,20 +67,37 @@ class HFRunner:
         self.score_norm = score_norm
         self.temperature = temperature
         self.seed = seed
-        self.batch_size = batch_size  # prompts generated at once; a call may bring more examples
+        self.batch_size = batch_size if mode != "score" else score_batch
+        self.sdpa, self.compile = sdpa, compile
         self.stop_ids = stop_ids(tokenizer)
         self.title_tokens = {}  # constrained mode: candidate title -> its tokens, for every prompt
 
     def __call__(self, chunk):
-        """chunk: dicts with "id", "prompt_ids" and (constrained, score) "candidates", sorted by length."""
-        if self.mode == "score":
-            return self._score(chunk)
-        step = self.batch_size
-        out = []
-        for i in range(0, len(chunk), step):
-            batch = chunk[i:i + step]
-            out += self._constrained(batch) if self.mode == "constrained" else self._free(batch)
+        """chunk: dicts with "id", "prompt_ids" and (constrained, score) "candidates", sorted by length.
+        Out of memory, the batch is halved and the same prompts run again: their outputs do not depend
+        on the batch they run in (tests/test_inference.py)."""
+        run = {"score": self._score, "constrained": self._constrained, "free": self._free}[self.mode]
+        out, i = [], 0
+        with attention_backends(self.sdpa):
+            while i < len(chunk):
+                batch = chunk[i:i + self.batch_size]
+                try:
+                    out += run(batch)
+                except torch.OutOfMemoryError as err:
+                    self._halve(err)
+                    continue
+                i += len(batch)
         return out
+
+    def _halve(self, err):
+        """After an out-of-memory error: a batch half as large, said in one line; none below one prompt."""
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.batch_size == 1:
+            raise UserError(f"one prompt does not fit in memory ({oom_detail(err)}): --batch-size 1 is the "
+                            "least; use a device with more free memory, or --dtype bfloat16") from None
+        size, self.batch_size = self.batch_size, self.batch_size // 2
+        tqdm.write(f"out of memory at batch {size}: continuing at batch {self.batch_size}", file=sys.stderr)
 
     def _generate(self, batch, max_new_tokens, processor_of=None):
         """Generated token ids per example (after the prompt, stop token included, padding removed)."""
@@ -70,7 +106,8 @@ class HFRunner:
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=sample, num_beams=1,
             temperature=self.temperature if sample else None, top_p=None, top_k=None,
-            eos_token_id=self.stop_ids, pad_token_id=self.tok.pad_token_id)
+            eos_token_id=self.stop_ids, pad_token_id=self.tok.pad_token_id,
+            cache_implementation="static" if self.compile else None)
         processors = LogitsProcessorList([processor_of(ids.shape[1])] if processor_of else [])
         if sample:  # seeded per batch, so a resumed run samples what the first run would have
             torch.manual_seed(self.seed * 1_000_003 + batch[0]["id"])
@@ -102,10 +139,10 @@ class HFRunner:
     def _score(self, chunk):
         titles = [score_titles(ex) for ex in chunk]
         conts = [[candidate_tokens(self.tok, t) for t in ts] for ts in titles]
-        sums = score_candidates(self.model, [ex["prompt_ids"] for ex in chunk], conts)
+        sums = score_candidates(self.model, [ex["prompt_ids"] for ex in chunk], conts, len(chunk))
         neutral = [None] * len(chunk)
         if self.score_norm in NEEDS_NEUTRAL:
             neutral = score_candidates(self.model, [neutral_prompt_ids(self.tok, ex["prompt_ids"]) for ex in chunk],
-                                       conts)
+                                       conts, len(chunk))
         return [score_record(ex, t, s, self.score_norm, [len(c) for c in cs], s0)
                 for ex, t, s, cs, s0 in zip(chunk, titles, sums, conts, neutral)]

@@ -9,6 +9,7 @@ import os
 
 from common.cli import UserError
 from common.io import read_jsonl
+from inference.examples import chunk_batch, chunks_of, read_tests
 from inference.records import prompt_ids
 from inference.resume import (
     ResumableOutput,
@@ -47,7 +48,6 @@ class Job:
     def prepare(self, tokenizers):
         """Read the test file, check the folders, tokenize the prompts (a tokenizer per folder)."""
         from common.folders import check_adapter_folder, check_model_folder
-        from inference.generate import read_tests
         from inference.loading import load_tokenizer
 
         self.examples = read_tests(self.test_file, self.args.mode, self.args.limit)
@@ -67,9 +67,11 @@ class Job:
             "test_file_sha256": file_sha256(self.test_file), "lines": len(self.examples), "limit": a.limit,
             "base_model": model_identity(self.base), "adapters": [adapter_identity(p) for p in self.adapters],
             "tokenizer": os.path.realpath(self.tokenizer_path), "backend": a.backend, "mode": a.mode,
-            "batch_size": a.batch_size, "max_new_tokens": a.max_new_tokens, "score_norm": a.score_norm,
+            "batch_size": chunk_batch(a), "max_new_tokens": a.max_new_tokens, "score_norm": a.score_norm,
             "dtype": a.dtype_resolved, "temperature": a.temperature, "seed": a.seed,
         }
+        if a.backend == "hf" and (a.compile or a.sdpa_backends != "auto"):  # absent: earlier outputs still match
+            fp.update(compile=a.compile, sdpa_backends=a.sdpa_backends)
         if a.backend == "vllm":
             fp.update(tensor_parallel_size=a.tensor_parallel_size, vllm_adapters=a.vllm_adapters_resolved,
                       compile=a.compile)
@@ -77,8 +79,6 @@ class Job:
 
     def open(self):
         """Prepare the resumable output; False when it is already complete."""
-        from inference.generate import chunks_of
-
         fingerprint, out, ids = self.fingerprint(), self.out, None
         self.chunks = chunks_of(self.examples, self.args)
         if self.args.shard:

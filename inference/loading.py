@@ -5,6 +5,7 @@ weights in turn (`merge_and_unload`), so W' = W + sum_i (lora_alpha_i / r_i) * B
 case is one adapter (the output of merge/); a full merged model folder needs none.
 """
 
+import contextlib
 import os
 
 import torch
@@ -29,6 +30,28 @@ def resolve_dtype(name, device):
     if name == "auto":
         return "bfloat16" if device.startswith("cuda") else "float32"
     return name
+
+
+SDPA_BACKENDS = ("auto", "torch")
+
+
+@contextlib.contextmanager
+def attention_backends(choice="auto"):
+    """The attention kernels the model's forward passes may use. "auto": every SDPA backend but cuDNN's.
+
+    Since torch 2.9, bf16/fp16 attention on Hopper GPUs goes to cuDNN first, which builds an execution
+    plan for every new shape; prompts of varying lengths, a KV cache that grows by one token a step, and
+    a 4D mask make nearly every call a new shape (docs/gpu.md). Flash, memory-efficient and math kernels
+    need no plans; float32 never ran on cuDNN, and CPUs have no cuDNN: their outputs do not change.
+    "torch": torch's own order.
+    """
+    if choice == "torch":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        yield
 
 
 def load_tokenizer(path):

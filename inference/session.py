@@ -50,8 +50,29 @@ class Session:
             self.model = None  # the last one freed first
             self.model = load_model(job.base, job.adapters, a.device_resolved, a.dtype_resolved, job.tok)
             self.model_key = key
-        return HFRunner(self.model, job.tok, a.mode, a.max_new_tokens, a.score_norm, a.temperature, a.seed,
-                        a.batch_size)
+        batch, how = self._batch_size(job)
+        on_gpu = a.device_resolved.startswith("cuda")
+        runner = HFRunner(self.model, job.tok, a.mode, a.max_new_tokens, a.score_norm, a.temperature, a.seed,
+                          batch, score_batch=batch if on_gpu else 1, sdpa=a.sdpa_backends, compile=a.compile)
+        runner.batch_text = f", batch {batch} ({how})" if a.mode != "score" or on_gpu else ", one prompt a pass"
+        return runner
+
+    def _batch_size(self, job):
+        """(prompts at once, how it was chosen): --batch-size, or auto: the CPU default, or on a GPU
+        what fits its free memory at this job's longest prompts (inference/memory.py)."""
+        from inference.memory import CPU_BATCH_SIZE, auto_batch_size
+
+        a = self.args
+        if a.batch_size != "auto":
+            return a.batch_size, "--batch-size"
+        if not a.device_resolved.startswith("cuda"):
+            return CPU_BATCH_SIZE, "auto, CPU"
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(a.device_resolved))
+        new = a.max_new_tokens if a.mode == "free" else 5 * max(len(c) for ex in job.examples for c in ex["candidates"])
+        batch = auto_batch_size(self.model.config.to_dict(), a.dtype_resolved, a.mode, job.examples, new, free)
+        return batch, f"auto, {free / 2**30:.1f} GiB free"
 
     def _vllm_runner(self, job):
         from inference.vllm_backend import VLLMRunner

@@ -24,10 +24,9 @@ from inference.records import (
     free_record,
     stop_ids,
 )
-from inference.vllm_score import score_chunk
+from inference.vllm_score import FORCED_KEY, score_chunk
 
 CONSTRAINT_KEY = "weaverec_candidates"  # SamplingParams.extra_args: a candidate automaton (constrained)
-FORCED_KEY = "weaverec_forced"  # extra_args: the exact tokens to produce (score, inference/vllm_score.py)
 
 
 class CandidateProcessor(LogitsProcessor):

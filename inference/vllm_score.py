@@ -18,12 +18,12 @@ from vllm import SamplingParams
 
 from inference.records import NEEDS_NEUTRAL, candidate_tokens, neutral_prompt_ids, score_record, score_titles
 
+FORCED_KEY = "weaverec_forced"  # extra_args: the exact tokens to produce (inference/vllm_backend.py forces them)
+
 
 def forced_logprobs(llm, prompts, continuations, lora):
     """Per (prompt, continuation) pair: the log-prob of each continuation token after the prompt and the
     continuation's earlier tokens."""
-    from inference.vllm_backend import FORCED_KEY
-
     params = [SamplingParams(temperature=0.0, max_tokens=len(cont), logprobs=0, ignore_eos=True,
                              detokenize=False, flat_logprobs=True, extra_args={FORCED_KEY: cont})
               for cont in continuations]

@@ -26,7 +26,7 @@ RUN_DIR=${RUN_DIR:-result/compare_$TARGET}
 ROWS=${ROWS:-"base target_only hybrids mixed_all naive_merge weaverec weaverec_likelihood ties dare_ties task_arithmetic"}
 MODE=${MODE:-score}                       # free | constrained | score (the same for every row)
 SCORE_NORM=${SCORE_NORM:-calibrated}      # score mode: sum | mean | calibrated (docs/inference.md)
-BATCH_SIZE=${BATCH_SIZE:-32}
+BATCH_SIZE=${BATCH_SIZE:-auto}             # hf: prompts at once (auto: 32 on CPU, on a GPU what fits its free memory)
 GRID=${GRID-"0 1 2 3"}                    # target weights w_0 tried on the validation split (others 1); "" = off
 TEMPERATURE=${TEMPERATURE:-1}
 VALID_USERS=${VALID_USERS:-300}           # validation lines used by the grid and the learned likelihood weights

@@ -11,7 +11,8 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from common.prompt import SEP, split_titles
 from inference.constrained import CandidateConstraint
-from inference.generate import main, read_tests
+from inference.examples import read_tests
+from inference.generate import main
 from inference.hf_backend import CandidateLogits, HFRunner
 from inference.loading import load_model, load_tokenizer
 from inference.records import candidate_tokens, prompt_ids

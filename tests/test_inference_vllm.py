@@ -15,7 +15,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from common.cli import UserError
-from inference.generate import read_tests
+from inference.examples import read_tests
 from inference.hf_backend import HFRunner
 from inference.loading import load_model, load_tokenizer
 from inference.records import prompt_ids

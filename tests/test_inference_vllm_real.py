@@ -8,7 +8,7 @@ import re
 import pytest
 
 from common.prompt import SEP
-from inference.generate import read_tests
+from inference.examples import read_tests
 from inference.hf_backend import HFRunner
 from inference.loading import load_model, load_tokenizer
 from inference.records import prompt_ids

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from common.prompt import SYSTEM, parse_user_prompt, user_prompt
-from inference.generate import main, read_tests
+from inference.examples import read_tests
+from inference.generate import main
 from inference.hf_backend import HFRunner
 from inference.loading import load_model, load_tokenizer
 from inference.records import SCORE_RULES, candidate_tokens, neutral_prompt_ids, prompt_ids
