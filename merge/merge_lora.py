@@ -43,6 +43,7 @@ from merge.methods import (
     method_params,
     module_seed,
 )
+from inference.memory import peak_text
 from merge.outputs import module_delta, stacked_factors, svd_factors, write_full_model
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -281,7 +282,7 @@ def run_merge(args):
             save_adapter(tmp, factors, config, info, tokenizer_from=args.adapters[0])
         size = file_size(tmp)
     print(f"merged {len(adapters)} adapters x {len(modules)} modules with {args.method} "
-          f"({args.output}) -> {args.out} ({size / 1e6:.1f} MB, {time.time() - start:.1f} s)")
+          f"({args.output}) -> {args.out} ({size / 1e6:.1f} MB, {time.time() - start:.1f} s, {peak_text('cpu')})")
     if "lambdas" in info and isinstance(info["lambdas"], list):
         print("lambdas: " + " ".join(f"{x:.4f}" for x in info["lambdas"]))
 

@@ -15,9 +15,9 @@ import os
 import shutil
 
 from common.cli import UserError, run_main
-from common.io import write_json_atomic
+from common.io import read_json, write_json_atomic
 from models.check_train_inputs import effective_config
-from models.train_progress import new_rows
+from models.train_progress import PEAK_FILE, new_rows
 from models.train_run import ADAPTER, ADAPTER_FILES, RECORD, checkpoints, read_record
 
 
@@ -87,6 +87,16 @@ def last_logged(folder):
     return f"step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else "") + "; "
 
 
+def peak_memory(folder):
+    """', peak 43.4 GB GPU' (or 'MB RSS' on CPU) from the progress watcher's record, or ''."""
+    path = os.path.join(folder, PEAK_FILE)
+    if not os.path.isfile(path):
+        return ""
+    peak = read_json(path, "peak memory record")
+    mb, where = peak.get("peak_mb", 0), peak.get("of", "")
+    return f", peak {mb / 1024:.1f} GB {where}" if mb >= 10240 else f", peak {mb:.0f} MB {where}"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="the module folder, save/<dataset>; trained in <out>.partial")
@@ -113,6 +123,7 @@ def main(argv=None):
     what = f"adapter of {source} (step {step}" + (f", {metric_key(metric)} {value:.4f}, the best of {n} evaluations)" if value is not None else ")")
     each = f", {folder_size(os.path.join(args.out, os.path.basename(kept[-1][1])))} each" if kept else ""
     took = f" in {args.seconds}s" if args.seconds is not None else ""
+    took += peak_memory(args.out)
     print(f"[train_lora] wrote {args.out}{took}: {last_logged(args.out)}{what}; {len(kept)} checkpoints kept{each}; "
           f"log {os.path.join(args.out, 'train.log')}")
     return 0

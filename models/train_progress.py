@@ -1,7 +1,10 @@
-"""Show one progress bar for a LoRA run: reads LLaMA-Factory's trainer_log.jsonl as it grows; writes the console.
+"""Show one progress bar for a LoRA run: reads LLaMA-Factory's trainer_log.jsonl as it grows; writes the console,
+and the run's peak memory to peak_memory.json beside the log (models/train_finish.py reports it).
 
 Started by scripts/train_lora.sh beside llamafactory-cli (whose own output goes to train.log); stops when
-sent SIGTERM or when the script that started it is gone.
+sent SIGTERM or when the script that started it is gone. Memory: with nvidia-smi, the GPU memory in use on
+the visible GPUs (every process's, sampled each interval); without, the summed RSS of the training's
+processes (every descendant of --parent).
 
     python -m models.train_progress --log save/beauty.partial/trainer_log.jsonl --name beauty --parent PID
 """
@@ -9,13 +12,18 @@ sent SIGTERM or when the script that started it is gone.
 import argparse
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 
 from tqdm import tqdm
 
 from common.cli import run_main
+from common.io import write_json_atomic
+
+PEAK_FILE = "peak_memory.json"
 
 
 def alive(pid):
@@ -80,6 +88,63 @@ class Progress:
             self.line()
 
 
+def descendants(root):
+    """Pids of every process below `root` (from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def rss_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+            return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:")), 0.0)
+    except OSError:
+        return 0.0
+
+
+def gpu_used_mb():
+    """MiB in use on the visible GPUs (nvidia-smi), or None without one."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    keep = set(visible.split(",")) if visible and visible.replace(",", "").isdigit() else None
+    rows = [line.split(",") for line in out.strip().splitlines() if "," in line]
+    return sum(float(used) for index, used in rows if keep is None or index.strip() in keep)
+
+
+class PeakMemory:
+    """The largest memory seen while training, written to `path` as it grows."""
+
+    def __init__(self, path, parent):
+        self.path, self.parent, self.peak, self.where = path, parent, 0.0, None
+
+    def sample(self):
+        used, where = gpu_used_mb(), "GPU"
+        if used is None:
+            used, where = sum(rss_mb(pid) for pid in descendants(self.parent)), "RSS"
+        if used > self.peak:
+            self.peak, self.where = used, where
+            write_json_atomic(self.path, {"peak_mb": round(self.peak, 1), "of": where})
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--log", required=True, help="trainer_log.jsonl in LLaMA-Factory's output_dir")
@@ -91,10 +156,12 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training's to handle
     progress = Progress(args.name, sys.stderr.isatty())
+    memory = PeakMemory(os.path.join(os.path.dirname(args.log), PEAK_FILE), args.parent)
     offset = 0  # a resumed run's log already holds its first steps: the bar starts there
     while True:
         rows, offset = new_rows(args.log, offset)
         progress.update(rows)
+        memory.sample()
         if stop or not alive(args.parent):
             break
         time.sleep(args.interval)

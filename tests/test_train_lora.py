@@ -108,6 +108,10 @@ def test_console_is_short_and_llamafactory_output_goes_to_train_log(resumed):
     assert len(rerun.stdout.splitlines()) <= 3 and "beauty: step" not in rerun.stderr  # finished: no progress line
     assert f"[train_lora] wrote {resumed['out']} in " in rerun.stdout.splitlines()[-1]
     assert "step 24/24, loss " in rerun.stdout.splitlines()[-1]
+    # the run's peak memory (no GPU here: the training processes' summed RSS, sampled by the progress watcher)
+    peak = json.loads((resumed["out"] / "peak_memory.json").read_text())
+    assert peak["of"] == "RSS" and 100 < peak["peak_mb"] < 20000
+    assert f", peak {peak['peak_mb']:.0f} MB RSS: " in rerun.stdout.splitlines()[-1]
     log = (resumed["out"] / "train.log").read_text()
     assert "input_ids" in log and log.count("=== ") == 2  # both runs, each under a header with its command
 
