@@ -1,6 +1,8 @@
-"""What both backends share: the prompt's token ids, the stop tokens, the candidate continuations and the
-output records, so that hf and vllm write the same bytes for the same predictions."""
+"""What both backends share: the prompt's token ids and the stop tokens (common/chat.py, for every base-model
+family), the candidate continuations and the output records, so that hf and vllm write the same bytes for the
+same predictions."""
 
+from common.chat import prompt_ids, stop_ids  # noqa: F401  (the backends import them from here)
 from common.prompt import CANDIDATES_OPEN, HISTORY_OPEN, SEP, TOP_K
 from inference.constrained import unique_titles
 
@@ -17,22 +19,6 @@ SCORE_RULES = {
     "calibrated": lambda s, n, s0: s - s0,
 }
 NEEDS_NEUTRAL = {"calibrated"}
-
-
-def prompt_ids(tokenizer, system, user):
-    """Chat template over [system, user] with the generation prompt, as a list of token ids.
-
-    return_dict=False: transformers 5 returns a BatchEncoding from tokenize=True otherwise.
-    """
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                        return_dict=False)
-    return list(ids)
-
-
-def stop_ids(tokenizer):
-    """Generation stops at the tokenizer's eos and pad tokens."""
-    return sorted({tokenizer.eos_token_id, tokenizer.pad_token_id} - {None})
 
 
 def decode_until_stop(tokenizer, tokens, stops):
@@ -61,10 +47,10 @@ def constrained_record(example, titles):
     return {"id": example["id"], "output": SEP.join(titles)}
 
 
-def neutral_prompt_ids(tokenizer, prompt_ids):
+def neutral_prompt_ids(tokenizer, ids):
     """The neutral prompt of the calibrated rule: the same prompt with an empty purchase history
     (decoded, the history cut out, encoded again: the chat template of the same user turn without it)."""
-    text = tokenizer.decode(prompt_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     start, end = text.find(HISTORY_OPEN), text.rfind(CANDIDATES_OPEN)
     if start < 0 or end < start + len(HISTORY_OPEN):
         raise ValueError("the prompt is not a WeaveRec prompt: no purchase history to leave out")

@@ -4,19 +4,21 @@ A sample longer than `cutoff_len` tokens (prompt + answer, encoded by LLaMA-Fact
 model's own tokenizer) loses its end: the tail of the candidate list, then the answer. scripts/train_lora.sh
 calls check() before training; the command line measures files, e.g. to choose cutoff_len:
 
-    python -m models.check_lengths --model ../shared/models/qwen2-7b-instruct-tokenizer --template qwen \
+    python -m models.check_lengths --model ../shared/models/qwen2-7b-instruct-tokenizer \
         --cutoff-len 1200 traindata/beauty.jsonl traindata/sports.jsonl
 """
 
 import argparse
 import itertools
 import json
+import logging
 import math
 import os
 
 from tqdm import tqdm
 
 from common.cli import UserError, run_main
+from models.families import choose_template
 
 ROLES = ("user", "assistant")
 
@@ -29,6 +31,7 @@ def load_template(model, template):
     from llamafactory.model import load_tokenizer
 
     transformers.logging.set_verbosity_error()
+    logging.getLogger("llamafactory").setLevel(logging.WARNING)  # not its "Add pad token" lines on the console
     tokenizer = load_tokenizer(ModelArguments(model_name_or_path=model))["tokenizer"]
     return tokenizer, get_template_and_fix_tokenizer(tokenizer, DataArguments(template=template))
 
@@ -71,6 +74,11 @@ def summary(lengths, cutoff_len):
 def check(path, model, template, cutoff_len, max_samples=None, max_cut=0.001, progress=False):
     """The summary of `path`; UserError when more than `max_cut` of its samples would be cut."""
     tokenizer, tpl = load_template(model, template)
+    return check_loaded(path, tokenizer, tpl, cutoff_len, max_samples, max_cut, progress)
+
+
+def check_loaded(path, tokenizer, tpl, cutoff_len, max_samples=None, max_cut=0.001, progress=False):
+    """check() with the tokenizer and template load_template() gave."""
     stats = summary(file_lengths(path, tokenizer, tpl, max_samples, progress), cutoff_len)
     if stats["samples"] and stats["over"] > max_cut * stats["samples"]:
         raise UserError(
@@ -85,13 +93,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", help="sharegpt jsonl files (traindata/<dataset>.jsonl)")
     p.add_argument("--model", required=True, help="model folder whose tokenizer LLaMA-Factory will use")
-    p.add_argument("--template", default="qwen", help="LLaMA-Factory template (qwen for Qwen2)")
+    p.add_argument("--template", help="LLaMA-Factory template (default: the model's own, models/families.py)")
     p.add_argument("--cutoff-len", type=int, default=1200)
     p.add_argument("--max-samples", type=int, help="only the first N lines, as LLaMA-Factory's max_samples")
     args = p.parse_args(argv)
     if not os.path.isdir(args.model):
         raise UserError(f"model folder not found: {args.model}")
-    tokenizer, template = load_template(args.model, args.template)
+    tokenizer, template = load_template(args.model, choose_template(args.model, args.template, "--template")[0])
     print(f"{'file':<40} {'samples':>8} {'longest':>8} {'p99':>6} {'over ' + str(args.cutoff_len):>10}")
     for path in args.files:
         s = summary(file_lengths(path, tokenizer, template, args.max_samples, progress=True), args.cutoff_len)

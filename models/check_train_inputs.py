@@ -3,14 +3,15 @@ module's folders; writes save/<dataset>.partial (unless --dry-run).
 
 Called by scripts/train_lora.sh, so that every problem is one clear line, not a traceback after minutes:
 dataset and paths, process counts, settings that deadlock or lose the best checkpoint, the precision the
-hardware has (bf16, fp16 or fp32), prompts that LLaMA-Factory would cut (models/check_lengths.py), and what
+hardware has (bf16, fp16 or fp32), the LLaMA-Factory template (the model's own, models/families.py, whose
+prompts must equal the chat template's), prompts that LLaMA-Factory would cut (models/check_lengths.py), and what
 to do with the module (models/train_run.py: skip, resume or fresh). Prints what it found; writes three lines
 for the script to --plan-file: the action, the checkpoint to resume from ("-" if none) and the key=value
 overrides to add.
 
     python -m models.check_train_inputs --dataset sports_beauty --data-dir traindata --model models/tiny-qwen2 \
         --config scripts/train_configs/tiny_cpu_lora.yaml --out save/sports_beauty --plan-file F [--extra "k=v ..."] \
-        [--nproc N --nnodes N --precision auto|bf16|fp16|fp32 --max-cut 0.001 --skip-existing 1 --dry-run]
+        [--nproc N --nnodes N --precision auto|bf16|fp16|fp32 --template T --max-cut 0.001 --skip-existing 1 --dry-run]
 """
 
 import argparse
@@ -23,7 +24,7 @@ import sys
 from common.cli import UserError, run_main
 from common.dataset_info import FILE_NAME, load
 from common.folders import check_model_folder
-from models import train_run
+from models import families, train_run
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 CPU = {"gpu": None, "bf16": False}
@@ -126,12 +127,33 @@ def precision_overrides(precision):
     return [f"bf16={'true' if precision == 'bf16' else 'false'}", f"fp16={'true' if precision == 'fp16' else 'false'}"]
 
 
-def check_lengths(args, cfg, data_file, say):
-    from models.check_lengths import check
+def choose_template(args, cfg):
+    """(LLaMA-Factory template, why): TEMPLATE, else a template the config or TRAIN_ARGS set, else the model's."""
+    configured = cfg.get("template")
+    if args.template and configured and args.template != configured:
+        raise UserError(f"TEMPLATE={args.template} but the config or TRAIN_ARGS set template: {configured}; set one")
+    source = "TEMPLATE" if args.template else "template"
+    return families.choose_template(args.model, args.template or configured, source)
 
+
+def check_prompts_and_lengths(args, cfg, data_file, template, why, say):
+    """The prompt check (models/families.py) on the first sample, then every sample's length."""
+    from llamafactory.data.template import TEMPLATES
+
+    from models.check_lengths import check_loaded, load_template
+
+    if template not in TEMPLATES:
+        raise UserError(f"{why}: no such LLaMA-Factory template (their names: llamafactory/data/template.py)")
+    tokenizer, tpl = load_template(args.model, template)
+    with open(data_file, encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "{}")
+    try:
+        sample = json.loads(first)
+    except json.JSONDecodeError:
+        raise UserError(f"{data_file}:1: not a sharegpt sample (not JSON)") from None
+    families.check_prompts(args.model, sample, tokenizer, tpl, template)
     cutoff, max_samples = int(cfg.get("cutoff_len", 2048)), cfg.get("max_samples")
-    stats = check(data_file, args.model, cfg.get("template", "qwen"), cutoff, max_samples, args.max_cut,
-                  progress=sys.stderr.isatty())
+    stats = check_loaded(data_file, tokenizer, tpl, cutoff, max_samples, args.max_cut, progress=sys.stderr.isatty())
     over = f"{stats['over']:,} over cutoff_len {cutoff:,} (cut at the end)" if stats["over"] else \
         f"none over cutoff_len {cutoff:,}"
     with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
@@ -150,23 +172,24 @@ def main(argv=None):
     p.add_argument("--nproc", default="1")
     p.add_argument("--nnodes", default="1")
     p.add_argument("--precision", default="auto")
+    p.add_argument("--template", default="", help="LLaMA-Factory template (TEMPLATE); default: the model's own")
     p.add_argument("--max-cut", type=float, default=0.001, help="share of samples that may be cut")
     p.add_argument("--skip-existing", default="1", choices=("0", "1"))
     p.add_argument("--dry-run", action="store_true", help="check and plan, change nothing")
     args = p.parse_args(argv)
-    data_file, world, extra, cfg = check_inputs(args)
+    data_file, world, extra, cfg, template = check_inputs(args)
 
     def say(note):  # on stdout as it happens; an error is the one line on stderr
         print(f"[train_lora] {args.dataset}: {note}", flush=True)
 
-    action, checkpoint, overrides = plan_run(args, cfg, data_file, world, extra, say)
+    action, checkpoint, overrides = plan_run(args, cfg, data_file, world, extra, template, say)
     with open(args.plan_file, "w", encoding="utf-8") as f:
         f.write(f"{action}\n{checkpoint or '-'}\n{' '.join(overrides)}\n")
     return 0
 
 
 def check_inputs(args):
-    """(dataset file, processes in all, TRAIN_ARGS words, effective config), or a UserError."""
+    """(dataset file, processes in all, TRAIN_ARGS words, effective config, (template, why)), or a UserError."""
     if importlib.util.find_spec("llamafactory") is None:
         raise UserError("LLaMA-Factory is not installed in this Python (pip install -r requirements.txt)")
     data_file = check_dataset(args.dataset, args.data_dir)
@@ -178,13 +201,15 @@ def check_inputs(args):
     extra = args.extra.split()
     cfg = effective_config(args.config, extra)
     check_training_config(cfg, world)
-    return data_file, world, extra, cfg
+    return data_file, world, extra, cfg, choose_template(args, cfg)
 
 
-def plan_run(args, cfg, data_file, world, extra, say):
-    """(action, checkpoint, overrides): skip, or precision and prompt lengths checked and the folder prepared."""
+def plan_run(args, cfg, data_file, world, extra, template, say):
+    """(action, checkpoint, overrides): skip, or precision, template and prompt lengths checked and the folder
+    prepared. `template` is (LLaMA-Factory template, why)."""
+    chosen = [f"TEMPLATE={args.template}"] if args.template else []  # else the model's and config's digests say it
     inputs = train_run.run_inputs(args.dataset, args.data_dir, args.model, args.config,
-                                  extra + [f"PRECISION={args.precision}"], world)
+                                  extra + [f"PRECISION={args.precision}"] + chosen, world)
     action, reason, checkpoint = train_run.plan(args.out, inputs, args.skip_existing == "1")
     if action == "skip":
         say(reason)
@@ -194,13 +219,14 @@ def plan_run(args, cfg, data_file, world, extra, say):
     precision, message = choose_precision(wanted, args.precision, device() if needs_gpu else CPU)
     if message:
         say(message)
+    name, why = template
     if args.dry_run:  # loading a tokenizer takes seconds: a dry run only plans
-        say(f"{reason}; prompt lengths are checked when training starts")
+        say(f"{reason}; template {name} ({why}); prompts and their lengths are checked when training starts")
     else:
-        lengths = check_lengths(args, cfg, data_file, say)
-        say(f"{reason}: {args.model} + {os.path.basename(args.config)}, {lengths}")
+        lengths = check_prompts_and_lengths(args, cfg, data_file, name, why, say)
+        say(f"{reason}: {args.model} + {os.path.basename(args.config)}, template {name} ({why}), {lengths}")
         train_run.prepare(args.out, inputs, action, checkpoint)
-    return action, checkpoint, precision_overrides(precision)
+    return action, checkpoint, precision_overrides(precision) + [f"template={name}"]
 
 
 if __name__ == "__main__":

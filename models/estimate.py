@@ -1,9 +1,10 @@
 """Disk and memory a LoRA run and an inference batch need, estimated from a model's config.json and a training
 config (used by models/preflight.py). Sizes in bytes; every formula is an upper bound a GPU user can check.
 
-Qwen2 shapes: per layer q/o are hidden x hidden, k/v hidden x (kv_heads * head_dim) (with biases on q, k, v),
-gate/up hidden x intermediate, down intermediate x hidden, two RMSNorms; embeddings and lm_head vocab x hidden
-(shared when tie_word_embeddings). LoRA of rank r on a d_in -> d_out projection adds r * (d_in + d_out).
+Qwen2, Llama and Mistral shapes (models/families.py): per layer q/o are hidden x (heads * head_dim), k/v hidden x
+(kv_heads * head_dim) (biases on q, k, v in Qwen2 only, or where a Llama config says attention_bias), gate/up
+hidden x intermediate, down intermediate x hidden, two RMSNorms; embeddings and lm_head vocab x hidden (shared when
+tie_word_embeddings). LoRA of rank r on a d_in -> d_out projection adds r * (d_in + d_out).
 """
 
 import os
@@ -14,7 +15,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 
 
 def projections(cfg):
-    """{name: (d_in, d_out)} of the seven linear projections of one Qwen2 decoder layer."""
+    """{name: (d_in, d_out)} of the seven linear projections of one decoder layer (the LoRA targets' names)."""
     h, inter = cfg["hidden_size"], cfg["intermediate_size"]
     head_dim = cfg.get("head_dim") or h // cfg["num_attention_heads"]
     kv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * head_dim
@@ -24,13 +25,23 @@ def projections(cfg):
 
 
 def param_count(cfg):
-    """Parameters of a Qwen2ForCausalLM with this config."""
+    """Parameters of a Qwen2, Llama or Mistral ForCausalLM with this config."""
     proj = projections(cfg)
-    layer = sum(i * o for i, o in proj.values()) + sum(proj[n][1] for n in ("q_proj", "k_proj", "v_proj"))
+    layer = sum(i * o for i, o in proj.values()) + sum(proj[n][1] for n in biased(cfg))
     layer += 2 * cfg["hidden_size"]  # input and post-attention RMSNorm
     embed = cfg["vocab_size"] * cfg["hidden_size"]
     heads = embed if cfg.get("tie_word_embeddings", False) else 2 * embed
     return cfg["num_hidden_layers"] * layer + heads + cfg["hidden_size"]
+
+
+def biased(cfg):
+    """The projections with a bias: Qwen2's q, k, v; a Llama config's attention_bias (q, k, v, o) and mlp_bias."""
+    names = {"q_proj", "k_proj", "v_proj"} if cfg.get("model_type", "qwen2") == "qwen2" else set()
+    if cfg.get("attention_bias"):
+        names |= {"q_proj", "k_proj", "v_proj", "o_proj"}
+    if cfg.get("mlp_bias"):
+        names |= {"gate_proj", "up_proj", "down_proj"}
+    return sorted(names)
 
 
 def lora_params(cfg, rank, target="all"):

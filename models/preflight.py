@@ -6,7 +6,7 @@ what is wrong when .venv itself is missing. scripts/preflight.sh passes the pipe
 
     python -m models.preflight --model models/Qwen2-7B-Instruct --config scripts/train_configs/qwen2_7b_lora.yaml \
         [--save-dir save --modules 3 --nproc 8 --backend auto|hf|vllm --batch-size 32 --max-new-tokens 800 \
-         --venv .venv --vllm-venv .venv-vllm]
+         --template T --venv .venv --vllm-venv .venv-vllm]
 """
 
 import argparse
@@ -16,7 +16,8 @@ import shutil
 import subprocess
 import sys
 
-from models import estimate
+from common.cli import UserError
+from models import estimate, families
 
 PROBE = r"""
 import importlib, json, sys
@@ -35,6 +36,7 @@ except Exception:
     out["gpus"] = []
 print(json.dumps(out))
 """
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 TRAIN_PACKAGES = ["torch", "transformers", "peft", "llamafactory", "datasets", "safetensors"]
 VLLM_PACKAGES = ["torch", "transformers", "vllm"]
 
@@ -87,33 +89,51 @@ def check_gpus(report, info, nproc, wants):
     return gpus[:nproc]
 
 
-def check_model(report, model):
-    """The model's config.json if the folder holds a Qwen2 causal LM with a chat template, else None."""
+def check_model(report, model, template=""):
+    """The model's config.json if the folder holds a causal LM of a supported family (models/families.py; any with
+    TEMPLATE set) with safetensors weights and a tokenizer whose chat template gives the training template, else None."""
     path = os.path.join(model, "config.json")
     if not os.path.isfile(path):
-        report.line("FAIL", "model", f"{model}: no config.json (download Qwen2-7B-Instruct or scripts/build_model.sh)")
+        report.line("FAIL", "model", f"{model}: no config.json (download the base model or scripts/build_model.sh)")
         return None
     with open(path, encoding="utf-8") as f:
         cfg = json.load(f)
-    if cfg.get("model_type") != "qwen2" or "Qwen2ForCausalLM" not in cfg.get("architectures", []):
-        report.line("FAIL", "model", f"{model} is a {cfg.get('model_type')} {cfg.get('architectures')}, not a Qwen2 causal LM")
+    archs = cfg.get("architectures") or []
+    known = any(cfg.get("model_type") in family.model_types for family in families.FAMILIES)
+    if not known and not template:
+        report.line("FAIL", "model", f"{model} is a '{cfg.get('model_type')}' model {archs}, which WeaveRec does not "
+                    f"know; supported model types: {families.SUPPORTED}; TEMPLATE=<LLaMA-Factory template> trains "
+                    "another model with that template")
+        return None
+    lacks = [k for k in SHAPE_KEYS if k not in cfg]
+    if not any(a.endswith("ForCausalLM") for a in archs) or lacks:
+        report.line("FAIL", "model", f"{model} is a {cfg.get('model_type')} {archs}, not a causal LM"
+                    + (f" (config.json lacks {', '.join(lacks)})" if lacks else ""))
         return None
     weights = [n for n in os.listdir(model) if n.endswith(".safetensors")]
     if not weights:
         report.line("FAIL", "model", f"{model} has no .safetensors weights")
         return None
     n = estimate.param_count(cfg)
-    report.line("ok", "model", f"{model}: Qwen2ForCausalLM, {estimate.count(n)} parameters, {len(weights)} weight files")
+    report.line("ok" if known else "warn", "model", f"{model}: {archs[0]}, {estimate.count(n)} parameters, "
+                f"{len(weights)} weight files" + ("" if known else "; a model type WeaveRec does not know: the "
+                                                  "estimates assume Llama's layout"))
     tok_cfg = os.path.join(model, "tokenizer_config.json")
-    template = os.path.isfile(os.path.join(model, "chat_template.jinja"))
+    has_template = os.path.isfile(os.path.join(model, "chat_template.jinja"))
     if os.path.isfile(tok_cfg):
         with open(tok_cfg, encoding="utf-8") as f:
-            template = template or bool(json.load(f).get("chat_template"))
+            has_template = has_template or bool(json.load(f).get("chat_template"))
     has_tokenizer = os.path.isfile(os.path.join(model, "tokenizer.json")) or os.path.isfile(os.path.join(model, "vocab.json"))
-    if not (has_tokenizer and template):
+    if not (has_tokenizer and has_template):
         report.line("FAIL", "tokenizer", f"{model}: " + ("no tokenizer files" if not has_tokenizer else "no chat template"))
         return None
     report.line("ok", "tokenizer", f"{model}: tokenizer with a chat template")
+    try:
+        name, why = families.choose_template(model, template)
+    except UserError as err:
+        report.line("FAIL", "template", str(err))
+        return None
+    report.line("ok", "template", f"{name} ({why}); train_lora.sh checks its prompts against the chat template's")
     return cfg
 
 
@@ -190,8 +210,10 @@ def main(argv=None):
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"),
                    help="the inference backend the job will use (auto: vllm where its environment exists, else hf)")
-    p.add_argument("--batch-size", type=int, default=32, help="inference batch")
+    p.add_argument("--batch-size", default="auto", type=lambda t: t if t == "auto" else int(t),
+                   help="inference batch (auto: what fits the GPU's free memory, checked here for one prompt)")
     p.add_argument("--max-new-tokens", type=int, default=800)
+    p.add_argument("--template", default="", help="LLaMA-Factory template (TEMPLATE); default: the model's own")
     p.add_argument("--venv", default=".venv")
     p.add_argument("--vllm-venv", default=".venv-vllm")
     args = p.parse_args(argv)
@@ -207,7 +229,7 @@ def main(argv=None):
         train = read_config(args.config)
     wants = "bf16" if train.get("bf16") else "fp16" if train.get("fp16") else "fp32"
     gpus = check_gpus(report, info, args.nproc, wants) if info else []
-    cfg = check_model(report, args.model)
+    cfg = check_model(report, args.model, args.template)
     if cfg and train:
         precision = wants if gpus and (wants != "bf16" or all(g["bf16"] for g in gpus)) else "fp16" if gpus else "fp32"
         check_disk(report, cfg, train, args.model, args.save_dir, args.modules)
@@ -216,9 +238,11 @@ def main(argv=None):
                      f"cutoff_len {train.get('cutoff_len', 2048)} tokens at worst")
         infer = "bf16" if gpus and all(g["bf16"] for g in gpus) else "fp16" if gpus else "fp32"
         prompt = train.get("cutoff_len", 2048)
+        batch = 1 if args.batch_size == "auto" else args.batch_size
         check_memory(report, "inference memory",
-                     estimate.infer_memory_bytes(cfg, args.batch_size, prompt, args.max_new_tokens, infer), gpus,
-                     f"{infer}, batch {args.batch_size} x ({prompt} prompt + {args.max_new_tokens} new tokens)")
+                     estimate.infer_memory_bytes(cfg, batch, prompt, args.max_new_tokens, infer), gpus,
+                     f"{infer}, batch {args.batch_size}{' (one prompt at least)' if batch != args.batch_size else ''}"
+                     f" x ({prompt} prompt + {args.max_new_tokens} new tokens)")
     print(f"preflight: {'1 check fails' if report.failed == 1 else f'{report.failed} checks fail' if report.failed else 'all checks pass'}")
     return 1 if report.failed else 0
 

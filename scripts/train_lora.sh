@@ -20,6 +20,7 @@ NPROC=${NPROC:-1}               # processes (GPUs) per node
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PRECISION=${PRECISION:-auto}    # auto: the config's, or the best the hardware has (bf16 > fp16 > fp32) | bf16 | fp16 | fp32
+TEMPLATE=${TEMPLATE:-}          # LLaMA-Factory template; empty: the model's own (qwen, llama3 or mistral; models/families.py)
 MAX_CUT=${MAX_CUT:-0.001}       # share of samples longer than cutoff_len tolerated (they lose their end)
 SKIP_EXISTING=${SKIP_EXISTING:-1}
 TRAIN_ARGS=${TRAIN_ARGS:-}      # more key=value overrides for llamafactory-cli, space-separated
@@ -28,7 +29,7 @@ LOG_TAIL=${LOG_TAIL:-30}        # lines of train.log shown when training fails
 
 if [ $# -ne 1 ]; then
   echo "usage: bash scripts/train_lora.sh <dataset>   (env: MODEL CONFIG DATA_DIR SAVE_DIR NPROC NNODES NODE_RANK" \
-       "MASTER_ADDR MASTER_PORT PRECISION MAX_CUT SKIP_EXISTING TRAIN_ARGS DRY_RUN)" >&2
+       "MASTER_ADDR MASTER_PORT PRECISION TEMPLATE MAX_CUT SKIP_EXISTING TRAIN_ARGS DRY_RUN)" >&2
   exit 2
 fi
 DATASET=$1
@@ -41,13 +42,14 @@ fi
 case "$PYTHON" in */*) BIN_DIR=$(cd "$(dirname "$PYTHON")" && pwd) ;; *) BIN_DIR=$(dirname "$(command -v "$PYTHON")") ;; esac
 export PATH="$BIN_DIR:$PATH"
 
-# checks (one clear line for each problem), precision, prompt lengths, and the plan: skip, resume or fresh
+# checks (one clear line for each problem), precision, template (its prompts equal to the chat template's, which
+# inference uses), prompt lengths, and the plan: skip, resume or fresh
 # (only node 0 sets up the module's folder; the other nodes plan without changing it)
 dry=(); if [ "$DRY_RUN" = "1" ] || [ "$NODE_RANK" != "0" ]; then dry=(--dry-run); fi
 plan_file=$(mktemp)
 "$PYTHON" -m models.check_train_inputs --dataset "$DATASET" --data-dir "$DATA_DIR" --model "$MODEL" \
   --config "$CONFIG" --out "$OUT" --plan-file "$plan_file" --extra "$TRAIN_ARGS" --nproc "$NPROC" --nnodes "$NNODES" \
-  --precision "$PRECISION" --max-cut "$MAX_CUT" --skip-existing "$SKIP_EXISTING" "${dry[@]}" || { rm -f "$plan_file"; exit 2; }
+  --precision "$PRECISION" --template "$TEMPLATE" --max-cut "$MAX_CUT" --skip-existing "$SKIP_EXISTING" "${dry[@]}" || { rm -f "$plan_file"; exit 2; }
 mapfile -t plan_lines < "$plan_file"
 rm -f "$plan_file"
 action=${plan_lines[0]} resume=${plan_lines[1]} overrides=${plan_lines[2]:-}

@@ -1,5 +1,6 @@
-"""Fixtures shared by the tests: the real data folder, small random Qwen2 models with a tokenizer, and real
-Beauty training data with a tiny base model built from it by the build stage."""
+"""Fixtures shared by the tests: the real data folder, small random Qwen2 models with a tokenizer (and models of
+the other supported families: Llama-3, Mistral), and real Beauty training data with a tiny base model built from
+it by the build stage."""
 
 import pytest
 
@@ -8,6 +9,7 @@ from tests.helpers import (
     SHARED_DATA,
     SMALL,
     build,
+    build_family_model,
     build_real_tokenizer_model,
     build_varied_model,
     process_domain,
@@ -41,6 +43,18 @@ def random_model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("random-tiny-qwen2")
     save_model(model, tok, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def family_model(tmp_path_factory):
+    """family (qwen2, llama3, mistral) -> a tiny random model folder of that family (tests.helpers), built once."""
+    built = {}
+
+    def get(family):
+        if family not in built:
+            built[family] = build_family_model(family, tmp_path_factory.mktemp(f"random-tiny-{family}"))
+        return built[family]
+    return get
 
 
 @pytest.fixture(scope="session")

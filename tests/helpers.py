@@ -225,6 +225,28 @@ def build_real_tokenizer_model(out, hidden_size=64, layers=2, heads=2, kv_heads=
     return out
 
 
+# the families of models/families.py: tokenizer family -> config.json model_type, LLaMA-Factory template
+FAMILIES = {"qwen2": ("qwen2", "qwen"), "llama3": ("llama", "llama3"), "mistral": ("mistral", "mistral")}
+
+
+def build_family_model(family, out, seed=0):
+    """A tiny random causal LM of `family` (qwen2, llama3 or mistral: the Qwen2, Llama and Mistral architectures)
+    with a tokenizer of that family (its special tokens and chat template: models/tokenizer.py) trained on real
+    titles, made as the random Qwen2 of tests/conftest.py: 2 heads of 32 dimensions (vLLM's CPU attention needs
+    32 or more), and weights of std 0.2 so that greedy outputs differ between prompts. Saved by transformers 4.x
+    (LLaMA-Factory's): run it in the training environment."""
+    from common.prompt import CANDIDATES_CLOSE, CANDIDATES_OPEN, HISTORY_OPEN, SYSTEM
+    from models.tiny import init_model, save_model, tiny_config
+    from models.tokenizer import train_tokenizer
+
+    texts = real_titles() + [SYSTEM, HISTORY_OPEN, CANDIDATES_OPEN, CANDIDATES_CLOSE, "||"]
+    tok = train_tokenizer(texts, vocab_size=1024, family=family)
+    config = tiny_config(tok, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, family=family)
+    config.initializer_range = 0.2
+    save_model(init_model(config, seed=seed), tok, out)
+    return Path(out)
+
+
 # --- adapters and the merge CLI ---------------------------------------------------------------
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 IDS = torch.arange(3, 60).view(1, -1)

@@ -78,13 +78,16 @@ def test_7b_job_on_this_cpu_fails_where_it_would(qwen2_7b_folder, bare_venv, tmp
 
 
 def test_missing_environment_and_wrong_model_are_failures(tmp_path):
-    model = tmp_path / "llama"
+    model = tmp_path / "gemma2"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    (model / "config.json").write_text(json.dumps({"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"]}))
     proc, lines = preflight(MODEL=model, VENV=tmp_path / "no-venv", VLLM_VENV=tmp_path / "no-vllm")
     assert proc.returncode == 1
     assert lines["training env"] == ("FAIL", f"training env: {tmp_path}/no-venv not found (bash scripts/setup.sh)")
-    assert lines["model"][0] == "FAIL" and "is a llama ['LlamaForCausalLM'], not a Qwen2 causal LM" in lines["model"][1]
+    assert lines["model"] == ("FAIL", (f"model: {model} is a 'gemma2' model ['Gemma2ForCausalLM'], which WeaveRec does "
+                                       "not know; supported model types: qwen2 (Qwen2, Qwen2.5), llama (Llama-3 chat "
+                                       "models), mistral (Mistral); TEMPLATE=<LLaMA-Factory template> trains another "
+                                       "model with that template"))
 
 
 def test_tokenizer_without_chat_template_fails(qwen2_7b_folder, tmp_path, capsys):
