@@ -15,13 +15,17 @@ validation split); entropy, the entropy of the distribution over each prompt's c
 read: it may run on the test prompts). A seeded share of the prompts (--holdout) is held out; the w
 with the best held-out objective (equal weights included, at step 0) is written, and fitting stops
 after --patience evaluations without improvement.
+
+Memory (merge/fit_memory.py): each step's gradient is accumulated over micro-batches of
+--micro-batch-size prompts (1: one prompt and its candidates per forward/backward pass), so peak memory
+does not grow with --batch-size; --gradient-checkpointing (on by default on CUDA) keeps one decoder
+layer's activations at a time. A pass that runs out of CUDA memory is redone at half the micro-batch size.
 """
 
 import argparse
 import math
 import os
 import random
-import resource
 import time
 
 import torch
@@ -30,10 +34,19 @@ from tqdm import tqdm
 
 from common.cli import UserError, run_main
 from common.io import atomic_path, write_json_atomic
+from inference.loading import SDPA_BACKENDS, attention_backends
+from inference.memory import peak_memory_mb
 from merge.adapters import check_compatible, load_adapter
+from merge.fit_memory import (
+    CHECKPOINTING,
+    MicroBatches,
+    accumulate_gradient,
+    mean_objective,
+    use_checkpointing,
+)
 from merge.learn_report import adapter_names, write_curve, write_heatmap
 from merge.methods import NORMALIZE
-from merge.objectives import NORMS, OBJECTIVES, objective, read_prompts
+from merge.objectives import NORMS, OBJECTIVES, read_prompts
 from merge.weighted_model import GROUPINGS, WeightedMerge, check_base
 
 
@@ -54,6 +67,11 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=200, help="most optimisation steps")
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate on w")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per step")
+    p.add_argument("--micro-batch-size", type=int, default=1,
+                   help="prompts per forward/backward pass (the step's gradient is accumulated over them); "
+                        "halved on CUDA out-of-memory")
+    p.add_argument("--gradient-checkpointing", default="auto", choices=CHECKPOINTING,
+                   help="recompute each decoder layer in the backward pass (auto: on CUDA)")
     p.add_argument("--holdout", type=float, default=0.2, help="share of prompts held out for early stopping")
     p.add_argument("--eval-every", type=int, default=10, help="steps between held-out evaluations")
     p.add_argument("--patience", type=int, default=5, help="evaluations without improvement before stopping")
@@ -65,6 +83,8 @@ def parse_args(argv):
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="of the forward pass (auto: bfloat16 on a GPU, float32 on CPU); w is float32")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--sdpa-backends", choices=SDPA_BACKENDS, default="auto",
+                   help="attention kernels (auto: all but cuDNN's, which plans anew for every shape; docs/inference.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -77,7 +97,7 @@ def check_args(args):
         raise UserError(f"--lr must be a positive number, got {args.lr}")
     if not math.isfinite(args.init):
         raise UserError(f"--init must be a finite number, got {args.init}")
-    for name in ("steps", "batch_size", "eval_every", "patience", "limit", "threads"):
+    for name in ("steps", "batch_size", "micro_batch_size", "eval_every", "patience", "limit", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -108,23 +128,30 @@ def batches(prompts, size, seed):
             yield [prompts[j] for j in order[i:i + size]]
 
 
-@torch.no_grad()
-def evaluate(model, merge, prompts, args):
-    """Mean objective over `prompts` at the current w."""
-    merge.refresh()
-    total = 0.0
-    for i in range(0, len(prompts), args.batch_size):
-        chunk = prompts[i:i + args.batch_size]
-        total += objective(model, chunk, args.objective, args.score_norm).item() * len(chunk)
-    return total / len(prompts)
+def evaluate(model, merge, prompts, args, micro):
+    """Mean objective over `prompts` at the current w, in micro-batches."""
+    def run(part, size):
+        return mean_objective(model, merge, part, size, args.objective, args.score_norm)
+    return micro.run(run, prompts)
 
 
-def fit(model, merge, train, held, args):
+def train_step(model, merge, opt, batch, args, micro):
+    """One Adam step on the batch's mean objective, its gradient accumulated over micro-batches (the
+    whole step redone from its start when a micro-batch runs out of memory); returns that mean."""
+    def run(part, size):
+        opt.zero_grad(set_to_none=True)
+        return accumulate_gradient(model, merge, part, size, args.objective, args.score_norm)
+    loss = micro.run(run, batch, params=[merge.w])
+    opt.step()
+    return loss
+
+
+def fit(model, merge, train, held, args, micro):
     """Adam on w; returns the fit's record (curves, best step) and leaves the best w in `merge`."""
     torch.manual_seed(args.seed)
     opt = torch.optim.Adam([merge.w], lr=args.lr)
     rec = {"train": [], "heldout": [], "stopped_early": False}
-    best = evaluate(model, merge, held, args) if held else math.inf
+    best = evaluate(model, merge, held, args, micro) if held else math.inf
     if held:
         rec["heldout"].append((0, best))
     best_w, best_step, bad = merge.w.detach().clone(), 0, 0
@@ -132,16 +159,12 @@ def fit(model, merge, train, held, args):
                disable=args.no_progress)
     stream = batches(train, args.batch_size, args.seed)
     for step in bar:
-        opt.zero_grad(set_to_none=True)
-        merge.refresh()
-        loss = objective(model, next(stream), args.objective, args.score_norm)
-        loss.backward()
-        opt.step()
-        rec["train"].append((step, loss.item()))
+        loss = train_step(model, merge, opt, next(stream), args, micro)
+        rec["train"].append((step, loss))
         if not held:
             best_w, best_step = merge.w.detach().clone(), step
         elif step % args.eval_every == 0 or step == args.steps:
-            value = evaluate(model, merge, held, args)
+            value = evaluate(model, merge, held, args, micro)
             rec["heldout"].append((step, value))
             if value < best:
                 best, best_w, best_step, bad = value, merge.w.detach().clone(), step, 0
@@ -151,7 +174,7 @@ def fit(model, merge, train, held, args):
                 rec["stopped_early"] = True
                 break
         shown = f" heldout={rec['heldout'][-1][1]:.4f}" if held else ""
-        bar.set_postfix_str(f"objective={loss.item():.4f}{shown}")
+        bar.set_postfix_str(f"objective={loss:.4f}{shown}")
     bar.close()
     if not torch.isfinite(best_w).all():
         raise UserError("the fitted weights are not finite (lower --lr)")
@@ -167,12 +190,6 @@ def write_weights(path, table):
             save_file({m: torch.tensor(w, dtype=torch.float32) for m, w in table.items()}, tmp)
     else:
         write_json_atomic(path, table)
-
-
-def peak_memory_mb(device):
-    if str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load(args):
@@ -209,7 +226,11 @@ def main(argv=None):
     if len(adapters) == 1 and args.normalize == "softmax":
         print("note: with one adapter softmax(w / T) is 1 whatever w is: the weights cannot change the merge")
     merge = WeightedMerge(model, adapters, args.grouping, args.normalize, args.temperature, args.init)
-    rec = fit(model, merge, train, held, args)
+    checkpointing = use_checkpointing(model, args.gradient_checkpointing, device)
+    micro = MicroBatches(min(args.micro_batch_size, args.batch_size), device, checkpointing)
+    with attention_backends(args.sdpa_backends):
+        rec = fit(model, merge, train, held, args, micro)
+    rec.update(micro_batch_size=micro.size, gradient_checkpointing=checkpointing)
     weights_path = os.path.join(args.out_dir, f"weights.{args.format}")
     os.makedirs(args.out_dir, exist_ok=True)
     if os.path.exists(weights_path):
@@ -225,8 +246,8 @@ def main(argv=None):
     return 0
 
 
-SETTINGS = ("grouping", "normalize", "temperature", "init", "steps", "lr", "batch_size", "holdout",
-            "eval_every", "patience", "score_norm", "seed")
+SETTINGS = ("grouping", "normalize", "temperature", "init", "steps", "lr", "batch_size", "micro_batch_size",
+            "gradient_checkpointing", "holdout", "eval_every", "patience", "score_norm", "seed")
 
 
 def make_report(args, merge, rec, parts, device, dtype, weights_path):
@@ -249,7 +270,8 @@ def summary(args, report, weights_path):
     print(f"wrote {weights_path} ({len(report['lambdas'])} modules x {len(names)} weights, grouping "
           f"{args.grouping}) and report.json, objective.png, lambdas.png: {args.objective} {change}best step "
           f"{report['best_step']} of {report['steps_run']}{early}, {report['n_train']} training prompts, "
-          f"{report['seconds']:.1f}s, peak {report['peak_memory_mb']:.0f} MB")
+          f"{report['seconds']:.1f}s, peak {report['peak_memory_mb']:.0f} MB at micro-batch "
+          f"{report['micro_batch_size']}, checkpointing {'on' if report['gradient_checkpointing'] else 'off'}")
     print("mean lambdas: " + "  ".join(f"{n} {v:.4f}" for n, v in report["mean_lambdas"].items()))
     print(f"merge with: python -m merge.merge_lora --adapters {' '.join(args.adapters)} --weights-file "
           f"{weights_path} --temperature {args.temperature} --normalize {args.normalize} --out OUT")

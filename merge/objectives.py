@@ -10,10 +10,11 @@ p_k = softmax(s)_k, and
 - entropy: -sum_k p_k log p_k (AdaMerging, Yang et al., ICLR 2024; RecCocktail); reads no label.
 Both are averaged over prompts.
 
-Scoring is one forward pass per batch, with gradients: each row is a prompt followed by all its
-candidates packed end to end; a 4D mask lets a candidate token see the prompt and the earlier tokens
-of its own candidate only, and its position ids restart at the prompt's end, so every candidate is
-scored as if it followed the prompt alone (the packing of inference/scoring.py, without a KV cache).
+Scoring is one forward pass per batch (learn_weights passes micro-batches: merge/fit_memory.py), with
+gradients: each row is a prompt followed by all its candidates packed end to end; a 4D mask lets a
+candidate token see the prompt and the earlier tokens of its own candidate only, and its position ids
+restart at the prompt's end, so every candidate is scored as if it followed the prompt alone (the packing
+of inference/scoring.py, without a KV cache). The LM head runs only where a candidate token is predicted.
 """
 
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ import torch
 from common.cli import UserError
 from common.io import read_jsonl
 from common.prompt import SEP, parse_user_prompt, sample_parts, split_titles
+from common.chat import prompt_ids
 from inference.records import neutral_prompt_ids
+from inference.scoring import pack_rows
 
 NORMS = ("sum", "mean", "calibrated")
 
@@ -41,13 +44,6 @@ class Prompt:
 def unique_titles(titles):
     """Candidates without empties and repeats, first occurrence kept (as the score mode ranks them)."""
     return list(dict.fromkeys(t for t in titles if t.strip()))
-
-
-def prompt_ids(tokenizer, system, user):
-    """Chat template over [system, user] with the generation prompt, as inference builds prompts."""
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                              return_dict=False))
 
 
 def read_prompts(path, tokenizer, labelled, limit=None):
@@ -96,38 +92,9 @@ def _label(path, lineno, answer, titles):
 
 
 def pack(prompts, device, dtype):
-    """One row per prompt: prompt ids then every candidate's ids, right-padded; the 4D additive mask,
-    position ids, and for each candidate token the flat row position that predicts it."""
-    rows = [p.ids + [t for c in p.candidates for t in c] for p in prompts]
-    width = max(len(r) for r in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
-    allowed = torch.zeros((len(rows), width, width), dtype=torch.bool)
-    src, tok, seg, n_cands = [], [], [], 0
-    for b, (p, row) in enumerate(zip(prompts, rows)):
-        plen = len(p.ids)
-        ids[b, :len(row)] = torch.tensor(row)
-        allowed[b, :plen, :plen] = torch.ones(plen, plen, dtype=torch.bool).tril()
-        pos[b, :plen] = torch.arange(plen)
-        start = plen
-        for cand in p.candidates:
-            n = len(cand)
-            allowed[b, start:start + n, :plen] = True
-            allowed[b, start:start + n, start:start + n] = torch.ones(n, n, dtype=torch.bool).tril()
-            pos[b, start:start + n] = torch.arange(plen, plen + n)
-            src += [b * width + plen - 1] + [b * width + start + j for j in range(n - 1)]
-            tok += cand
-            seg += [n_cands] * n
-            n_cands += 1
-            start += n
-        allowed[b, len(row):, 0] = True  # padding rows attend somewhere (their outputs are unused)
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    lengths = [len(c) for p in prompts for c in p.candidates]
-    return {"input_ids": ids.to(device), "attention_mask": mask[:, None].to(device),
-            "position_ids": pos.to(device), "src": torch.tensor(src, device=device),
-            "tok": torch.tensor(tok, device=device), "seg": torch.tensor(seg, device=device),
-            "lengths": torch.tensor(lengths, dtype=torch.float32, device=device),
-            "per_prompt": [len(p.candidates) for p in prompts]}
+    """One row per prompt, its candidates packed after it (inference/scoring.py: pack_rows, the packing score
+    mode runs on a GPU), so the objective sees the scores inference computes."""
+    return pack_rows([p.ids for p in prompts], [p.candidates for p in prompts], device, dtype)
 
 
 def candidate_scores(model, prompts, norm="sum"):
@@ -145,7 +112,12 @@ def candidate_scores(model, prompts, norm="sum"):
 
 
 def summed_scores(model, prompts):
-    """Each prompt's summed candidate log-likelihoods, with gradients, in one forward pass."""
+    """Each prompt's summed candidate log-likelihoods, with gradients, in one forward pass.
+
+    The decoder runs without the LM head; the head then runs only on the hidden states at `src`, the
+    positions that predict a candidate token. No full-vocabulary logits are computed at prompt positions
+    (model(...) would: a [tokens, vocabulary] matrix, 152,064 floats per token for Qwen2, kept for the
+    backward pass), so the head's memory follows the candidate tokens, not the packed row's length."""
     emb = model.get_input_embeddings().weight
     batch = pack(prompts, emb.device, emb.dtype)
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

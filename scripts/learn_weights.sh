@@ -5,7 +5,8 @@
 # Writes $WEIGHTS_DIR/weights.json (what merge_lora --weights-file reads), report.json, objective.png, lambdas.png.
 # Then merge with the same TEMPERATURE:
 #   WEIGHTS_FILE=$WEIGHTS_DIR/weights.json TEMPERATURE=$TEMPERATURE bash scripts/merge_and_test.sh
-# On a GPU: MODEL=models/Qwen2-7B-Instruct (bf16 forward by default there; the weights stay float32).
+# On a GPU: MODEL=models/Qwen2-7B-Instruct (bf16 forward and gradient checkpointing by default there; the weights
+# stay float32); a micro-batch that runs out of memory is halved and the step redone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -29,6 +30,7 @@ FIT_STEPS=${FIT_STEPS:-200}           # gradient steps at most (early stopping m
 SCORE_NORM=${SCORE_NORM:-calibrated}      # sum | mean | calibrated: the candidate score ranked, as compare.sh's
 LR=${LR:-0.05}
 FIT_BATCH=${FIT_BATCH:-8}                 # prompts per step (each with all its candidates)
+MICRO_BATCH=${MICRO_BATCH:-1}             # prompts per forward/backward pass: peak memory follows this, not FIT_BATCH
 HOLDOUT=${HOLDOUT:-0.2}                   # share of the prompts held out for early stopping
 SEED=${SEED:-42}
 EXTRA_ARGS=${EXTRA_ARGS:-}                # e.g. "--device cuda --dtype bfloat16 --patience 3"
@@ -39,5 +41,6 @@ limit=(); if [ -n "$LIMIT" ]; then limit=(--limit "$LIMIT"); fi
 echo "[learn_weights] $OBJECTIVE on $PROMPTS: ${#adapters[@]} adapters, grouping $GROUPING -> $WEIGHTS_DIR"
 "$PYTHON" -m merge.learn_weights --base-model "$MODEL" --adapters "${adapters[@]}" --objective "$OBJECTIVE" \
   --prompts "$PROMPTS" --out-dir "$WEIGHTS_DIR" --grouping "$GROUPING" --temperature "$TEMPERATURE" \
-  --score-norm "$SCORE_NORM" --steps "$FIT_STEPS" --lr "$LR" --batch-size "$FIT_BATCH" --holdout "$HOLDOUT" --seed "$SEED" \
+  --score-norm "$SCORE_NORM" --steps "$FIT_STEPS" --lr "$LR" --batch-size "$FIT_BATCH" --micro-batch-size "$MICRO_BATCH" \
+  --holdout "$HOLDOUT" --seed "$SEED" \
   "${limit[@]}" "${extra[@]}"

@@ -1,5 +1,6 @@
 """Learned merge weights (merge/learn_weights.py): gradients, the merged model it evaluates, what it learns,
-that the entropy objective reads no label, and one-line errors on bad input.
+that the entropy objective reads no label, micro-batches, gradient checkpointing and out-of-memory recovery
+(merge/fit_memory.py), and one-line errors on bad input.
 
 References independent of the code under test: finite differences of the objective; PEFT loading the
 adapter that merge_lora writes from the learned weights file; candidates scored one at a time by the
@@ -14,10 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.cli import run_main
+from common.cli import UserError, run_main
 from common.io import read_jsonl, write_jsonl_atomic
 from common.prompt import SEP, make_sample, parse_user_prompt, sample_parts, user_prompt
 from merge.adapters import load_adapter
+from merge.fit_memory import accumulate_gradient, use_checkpointing
 from merge.learn_weights import split
 from merge.objectives import Prompt, candidate_scores, objective, read_prompts, unique_titles
 from merge.weighted_model import WeightedMerge
@@ -346,3 +348,177 @@ def test_bad_input_is_one_line(random_model_dir, trio, prompts_file, others, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and phrase in err[0], err
     assert not out.exists()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, as the CLI runs here (--threads 1): on a busy 2-core machine two threads wait on
+    each other (about 3x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def float64_merge(base, trio):
+    model = float64_norms(load_model(base, torch.float64))
+    merged = WeightedMerge(model, [load_adapter(p) for p in trio], grouping="layer", temperature=0.7).double()
+    with torch.no_grad():
+        merged.w.copy_(torch.randn(merged.w.shape, generator=torch.Generator().manual_seed(0)))
+    return model, merged
+
+
+@pytest.mark.parametrize("name,norm", [("likelihood", "sum"), ("entropy", "calibrated")])
+def test_micro_batches_add_up_to_the_batch_gradient(random_model_dir, trio, prompts_file, one_thread, name, norm):
+    """Reference: backward of the plain objective on all 6 prompts in one pass (rows of different lengths,
+    padded). The prompts are cut to their last 120 tokens (neutral ones: 60) to keep float64 quick."""
+    model, merged = float64_merge(random_model_dir, trio)
+    prompts = [Prompt(p.ids[-120:], p.candidates, p.label, p.neutral_ids[-60:])
+               for p in read_prompts(prompts_file, tokenizer(random_model_dir), labelled=True)]
+    assert len(prompts) == 6 and len({len(p.ids) + sum(map(len, p.candidates)) for p in prompts}) > 1
+    merged.refresh()
+    whole = objective(model, prompts, name, norm)
+    whole.backward()
+    reference, merged.w.grad = merged.w.grad, None
+    assert reference.abs().max() > 1e-5
+    for size in (1, 3, 4):
+        loss = accumulate_gradient(model, merged, prompts, size, name, norm)
+        torch.testing.assert_close(merged.w.grad, reference, rtol=1e-10, atol=1e-13)
+        assert loss == pytest.approx(whole.item(), rel=1e-12)
+        merged.w.grad = None
+
+
+def test_fitted_weights_do_not_depend_on_the_micro_batch_size(random_model_dir, trio, prompts_file, tmp_path,
+                                                              capsys):
+    tables, reports = [], []
+    for size in (1, 3, 4):
+        out = tmp_path / f"micro{size}"
+        assert learn(*fit_args(random_model_dir, trio, prompts_file, out, "--objective", "likelihood", "--steps", "3",
+                               "--lr", "0.3", "--batch-size", "4", "--micro-batch-size", size, "--holdout", "0.34",
+                               "--eval-every", "1")) == 0
+        assert f"micro-batch {size}, checkpointing off" in capsys.readouterr().out
+        tables.append(torch.tensor(list(json.loads((out / "weights.json").read_text()).values())))
+        reports.append(json.loads((out / "report.json").read_text()))
+    assert (tables[0] - 1).abs().max() > 0.1  # the fit moved the weights
+    for table, report in zip(tables[1:], reports[1:]):
+        torch.testing.assert_close(table, tables[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.tensor(report["heldout"]), torch.tensor(reports[0]["heldout"]))
+        torch.testing.assert_close(torch.tensor(report["train"]), torch.tensor(reports[0]["train"]))
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(random_model_dir, trio, prompts_file, one_thread):
+    """Checkpointing recomputes each decoder layer in the backward pass (the LoRA hooks run twice) and the
+    gradient of w through the hooks is unchanged."""
+    model, merged = float64_merge(random_model_dir, trio)
+    prompts = read_prompts(prompts_file, tokenizer(random_model_dir), labelled=True)[:2]
+    assert not use_checkpointing(model, "auto", "cpu") and not model.training
+    calls = []
+    model.get_submodule("model.layers.0.self_attn.q_proj").register_forward_hook(lambda *_: calls.append(1))
+    grads = []
+    for mode in ("off", "on"):
+        model.train(mode == "off")  # off: in train mode as well (no dropout); on: use_checkpointing sets it
+        if mode == "on":
+            assert use_checkpointing(model, mode, "cpu") and model.training
+        calls.clear()
+        accumulate_gradient(model, merged, prompts, 2, "likelihood", "sum")
+        grads.append(merged.w.grad)
+        merged.w.grad = None
+        assert len(calls) == (2 if mode == "on" else 1)
+    assert grads[0].abs().max() > 1e-5
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-13)
+
+
+def test_checkpointing_refuses_a_model_with_dropout(random_model_dir, capsys):
+    model = load_model(random_model_dir)
+    for mod in model.modules():
+        if hasattr(mod, "attention_dropout"):
+            mod.attention_dropout = 0.1
+    with pytest.raises(UserError, match="dropout"):
+        use_checkpointing(model, "on", "cpu")
+    assert not use_checkpointing(model, "auto", "cuda") and not model.training  # auto: left off, with a note
+    assert "left off" in capsys.readouterr().out
+
+
+OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB of which 1.23 GiB "
+       "is free.")
+
+
+def fail_once(monkeypatch, call):
+    """Make the decoder raise torch.OutOfMemoryError on its `call`-th forward pass; returns the rows of each
+    pass (its micro-batch size)."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
+
+    original, rows = Qwen2Model.forward, []
+
+    def forward(self, *args, **kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        if len(rows) == call:
+            raise torch.OutOfMemoryError(OOM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Qwen2Model, "forward", forward)
+    return rows
+
+
+MID_STEP = (["--batch-size", "6", "--micro-batch-size", "4", "--holdout", "0"], 4, 4, 2,
+            [4, 2, 4, 2, 2, 2, 2, 2, 2, 2])  # step 2's second micro-batch fails; step 2 is redone at 2
+IN_EVALUATION = (["--batch-size", "4", "--micro-batch-size", "4", "--holdout", "0.34", "--eval-every", "1"], 3, 2, 1,
+                 [2, 4, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1])  # evaluation, step, evaluation (fails), ...
+
+
+@pytest.mark.parametrize("extra,call,before,after,rows", [MID_STEP, IN_EVALUATION], ids=["mid-step", "in-evaluation"])
+def test_out_of_memory_halves_the_micro_batch(random_model_dir, trio, prompts_file, tmp_path, monkeypatch, capsys,
+                                              extra, call, before, after, rows):
+    """The pass that fails is redone from its start (the whole step, or the whole evaluation) at half the
+    micro-batch size, which the rest of the fit keeps: `rows` are the prompts of each decoder pass.
+    Reference: the same fit without the error at the original micro-batch size. The weights are only
+    allclose to it, not equal: after the error each step sums its gradient over other micro-batches
+    (another rounding), as test_fitted_weights_do_not_depend_on_the_micro_batch_size allows."""
+    args = ["--objective", "likelihood", "--steps", "3", "--lr", "0.3", *extra]
+    assert learn(*fit_args(random_model_dir, trio, prompts_file, tmp_path / "plain", *args)) == 0
+    capsys.readouterr()
+    seen = fail_once(monkeypatch, call)
+    assert learn(*fit_args(random_model_dir, trio, prompts_file, tmp_path / "oom", *args)) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if "out of memory" in line] == \
+        [f"out of memory at micro-batch {before}: continuing at {after}"]
+    assert seen == rows
+    report = json.loads((tmp_path / "oom" / "report.json").read_text())
+    assert report["micro_batch_size"] == after and report["steps_run"] == 3
+    got, expected = (torch.tensor(list(json.loads((tmp_path / d / "weights.json").read_text()).values()))
+                     for d in ("oom", "plain"))
+    assert (expected - 1).abs().max() > 0.1
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    for curve in ("heldout", "train"):
+        torch.testing.assert_close(torch.tensor(report[curve]), torch.tensor(plain[curve]))
+
+
+def test_out_of_memory_at_one_prompt_is_one_line(random_model_dir, trio, prompts_file, tmp_path, monkeypatch, capsys):
+    rows = fail_once(monkeypatch, 2)
+    out = tmp_path / "oom1"
+    assert learn(*fit_args(random_model_dir, trio, prompts_file, out, "--objective", "likelihood", "--steps", "3",
+                           "--batch-size", "4", "--holdout", "0")) == 2
+    assert rows == [1, 1]  # the default micro-batch is 1 prompt; nothing is retried after the error
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out of memory"), err
+    assert "2.00 GiB" in err[0] and "--micro-batch-size 1" in err[0] and "--batch-size" in err[0]
+    assert not (out / "weights.json").exists()
+
+
+@pytest.mark.parametrize("choice, cudnn", [("auto", False), ("torch", True)])
+def test_cudnn_attention_is_off_while_fitting(random_model_dir, trio, prompts_file, tmp_path, monkeypatch,
+                                             choice, cudnn):
+    """--sdpa-backends auto (the default) keeps cuDNN's attention, a new plan per shape, out of every pass."""
+    from transformers.models.qwen2 import modeling_qwen2
+
+    seen, real = [], modeling_qwen2.Qwen2Model.forward
+
+    def forward(self, *a, **kw):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(modeling_qwen2.Qwen2Model, "forward", forward)
+    assert learn(*fit_args(random_model_dir, trio, prompts_file, tmp_path / choice, "--objective", "likelihood",
+                           "--steps", "2", "--limit", "6", "--sdpa-backends", choice)) == 0
+    assert seen and set(seen) == {cudnn}
