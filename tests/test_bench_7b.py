@@ -1,0 +1,58 @@
+"""benchmarks/bench_7b.py --small end to end on CPU at the smallest sizes, so that the GPU benchmark cannot rot
+between GPU sessions: every stage runs the project's entry point and leaves its row and its outputs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REAL_TOKENIZER, REPO, SHARED_DATA
+
+pytestmark = pytest.mark.slow
+
+SIZES = ["--prompts", "2", "--train-samples", "8", "--train-steps", "2", "--batch-sizes", "2",
+         "--max-new-tokens", "2", "--learn-steps", "1", "--learn-prompts", "2", "--diag-prompts", "2",
+         "--diag-modes", "score", "--history", "5"]
+GENERATE = [f"generate_{mode}_b{bs}" for mode in ("score", "constrained", "free") for bs in (2,)]
+
+
+def test_small_run_writes_every_stage_row_and_output(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    cmd = [sys.executable, "-m", "benchmarks.bench_7b", "--small", "--diag", "on", "--out-dir", str(out),
+           "--work-dir", str(work), "--raw-dir", str(SHARED_DATA), "--tokenizer", str(REAL_TOKENIZER), *SIZES]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    rows = {r["stage"]: r for r in json.loads((out / "bench_7b.json").read_text())["rows"]}
+    help_text = subprocess.run([sys.executable, "-m", "inference.generate", "--help"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout
+    sdpa = ["_sdpa-auto", "_sdpa-torch"] if "--sdpa-backends" in help_text else [""]
+    diag = ["diag_tiny_model", "diag_profile_float32"] + [
+        f"diag_{kind}{s}" for s in sdpa for kind in ("score_float32", "score_bfloat16", "profile_bfloat16")]
+    expected = ["checkpoint", "data", "preflight", "train", "merge_stacked", *GENERATE, *diag, "learn_weights",
+                "merge_full"]
+    assert sorted(rows) == sorted(expected)
+    for name in expected:
+        assert rows[name]["status"].startswith("ok"), (name, rows[name])
+        assert rows[name]["seconds"] > 0 and rows[name]["rss_peak_gib"] > 0, rows[name]
+        assert rows[name]["gpu_peak_gib"] is None and rows[name]["gpu_busy_pct"] is None  # no GPU here
+    for name in GENERATE + [f"diag_score_float32{s}" for s in sdpa]:
+        assert rows[name]["samples_per_s"] > 0 and rows[name]["startup_s"] > 0, rows[name]
+    assert "| stage | seconds |" in (out / "bench_7b.md").read_text()
+
+    base = work / "models" / "base"
+    config = json.loads((base / "config.json").read_text())
+    assert config["vocab_size"] == 152064 and config["rope_theta"] == 1e6 and "rope_parameters" not in config
+    assert (base / "model.safetensors.index.json").is_file() and (base / "tokenizer.json").is_file()
+    for adapter in ("target", "source1", "source2"):
+        assert (work / "models" / "adapters" / adapter / "adapter_model.safetensors").is_file()
+    assert (work / "save" / "sports" / "adapter_model.safetensors").is_file()
+    assert (work / "merged" / "stacked" / "adapter_model.safetensors").is_file()
+    assert (work / "merged" / "full" / "config.json").is_file()
+    for name in GENERATE:
+        lines = (work / "result" / name.removeprefix("generate_") / "output.jsonl").read_text().splitlines()
+        assert len(lines) == 2
+    assert any(p.suffix == ".json" for p in (work / "learned").iterdir())
+    for s in sdpa:
+        assert "Self CPU" in (out / f"diag_profile_bfloat16{s}.txt").read_text()
