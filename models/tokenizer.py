@@ -105,17 +105,16 @@ def _byte_level_bpe(texts, vocab_size, split, special_tokens):
 
 
 def _qwen2(texts, vocab_size):
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=_byte_level_bpe(texts, vocab_size, QWEN2_SPLIT, SPECIAL_TOKENS),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-        clean_up_tokenization_spaces=False,
-        model_max_length=32768,
-        padding_side="left",
-    )
-    fast.chat_template = CHAT_TEMPLATE
+    return _wrap(_byte_level_bpe(texts, vocab_size, QWEN2_SPLIT, SPECIAL_TOKENS), CHAT_TEMPLATE, 32768,
+                 eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
+                 additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+
+
+def _wrap(tok, chat_template, max_length, **special):
+    """A transformers tokenizer around `tok`, left-padded, with the family's special tokens and chat template."""
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False,
+                                   model_max_length=max_length, padding_side="left", **special)
+    fast.chat_template = chat_template
     return fast
 
 
@@ -124,18 +123,9 @@ def _llama3(texts, vocab_size):
     bos = "<|begin_of_text|>"
     tok.post_processor = processors.TemplateProcessing(  # encode() starts with <|begin_of_text|>, as Meta's
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=bos,
-        eos_token="<|eot_id|>",  # the Instruct models' eos: the end of an assistant turn
-        unk_token=None,
-        additional_special_tokens=[t for t in LLAMA3_SPECIAL if t not in (bos, "<|eot_id|>")],
-        clean_up_tokenization_spaces=False,
-        model_max_length=131072,
-        padding_side="left",
-    )
-    fast.chat_template = LLAMA3_CHAT_TEMPLATE
-    return fast
+    return _wrap(tok, LLAMA3_CHAT_TEMPLATE, 131072, bos_token=bos,
+                 eos_token="<|eot_id|>",  # the Instruct models' eos: the end of an assistant turn
+                 unk_token=None, additional_special_tokens=[t for t in LLAMA3_SPECIAL if t not in (bos, "<|eot_id|>")])
 
 
 def _mistral(texts, vocab_size):
@@ -159,18 +149,8 @@ def _mistral(texts, vocab_size):
                                      decoders.Strip(content=" ", left=1, right=0)])
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", vocab["<s>"])])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        additional_special_tokens=MISTRAL_SPECIAL[3:],
-        clean_up_tokenization_spaces=False,
-        model_max_length=32768,
-        padding_side="left",
-    )
-    fast.chat_template = MISTRAL_CHAT_TEMPLATE
-    return fast
+    return _wrap(tok, MISTRAL_CHAT_TEMPLATE, 32768, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                 additional_special_tokens=MISTRAL_SPECIAL[3:])
 
 
 BUILDERS = {"qwen2": _qwen2, "llama3": _llama3, "mistral": _mistral}
