@@ -139,13 +139,25 @@ def stage_generate(bench, args, paths):
             tokens = f", {args.max_new_tokens} new tokens" if mode == "free" else ""
             timed_generate(bench, f"generate_{mode}_b{bs}", cmd, [paths.stacked, paths.test_file],
                            f"{n} prompts at batch {bs}, stacked adapter{tokens}")
+            if mode == "constrained" and bs == args.batch_sizes[-1] and has_option("--constraint-masks"):
+                # what the tensor masks gain: the same run with the per-row reference automaton
+                other = os.path.join(paths.result, f"{mode}_b{bs}_python-masks", "output.jsonl")
+                cmd = generate_cmd(args, paths.test_file, paths.base, other, mode, bs, n, "--adapter", paths.stacked,
+                                   "--constraint-masks", "python")
+                timed_generate(bench, f"generate_{mode}_b{bs}_python-masks", cmd, [paths.stacked, paths.test_file],
+                               f"{n} prompts at batch {bs}, stacked adapter, --constraint-masks python")
+
+
+def has_option(option):
+    """Whether inference.generate offers `option` (the benchmark also runs on older commits)."""
+    text = subprocess.run([sys.executable, "-m", "inference.generate", "--help"], cwd=REPO, capture_output=True,
+                          text=True, check=False).stdout
+    return option in text
 
 
 def sdpa_choices():
     """The --sdpa-backends values inference.generate offers, or [None] where it has no such option."""
-    text = subprocess.run([sys.executable, "-m", "inference.generate", "--help"], cwd=REPO, capture_output=True,
-                          text=True, check=False).stdout
-    return ["auto", "torch"] if "--sdpa-backends" in text else [None]
+    return ["auto", "torch"] if has_option("--sdpa-backends") else [None]
 
 
 def stage_diag(bench, args, paths):
@@ -165,6 +177,13 @@ def stage_diag(bench, args, paths):
                                    "--dtype", dtype, *flag)
                 timed_generate(bench, name, cmd, [paths.tiny, paths.test_file], f"tiny model, {n} prompts, {device}")
         profile(bench, args, paths, device, "bfloat16", sdpa)
+    if "constrained" in args.diag_modes.split(",") and has_option("--constraint-masks"):
+        for dtype in ("float32", "bfloat16"):  # the per-row reference automaton, beside the rows above
+            name = f"diag_constrained_{dtype}_python-masks"
+            out = os.path.join(paths.result, name, "output.jsonl")
+            cmd = generate_cmd(args, paths.test_file, paths.tiny, out, "constrained", 32, n, "--device", device,
+                               "--dtype", dtype, "--constraint-masks", "python")
+            timed_generate(bench, name, cmd, [paths.tiny, paths.test_file], f"tiny model, {n} prompts, {device}")
     profile(bench, args, paths, device, "float32", None)
 
 

@@ -58,6 +58,9 @@ def parse_args(argv):
     p.add_argument("--sdpa-backends", choices=SDPA_BACKENDS, default="auto",
                    help="hf: attention kernels (auto: all but cuDNN's, which plans anew for every shape; "
                         "torch: torch's own choice)")
+    p.add_argument("--constraint-masks", choices=["tensor", "python"], default="tensor",
+                   help="hf, constrained: the candidate automata of a batch as tensors on the model's device "
+                        "(tensor), or the per-row reference on the host (python); the same outputs")
     p.add_argument("--max-new-tokens", type=int, default=800, help="free mode (constrained sizes its own)")
     p.add_argument("--score-norm", choices=list(SCORE_RULES), default="sum",
                    help="score mode: total (sum) or per-token (mean) log-likelihood, or calibrated: minus "

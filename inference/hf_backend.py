@@ -17,6 +17,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from common.cli import UserError
 from common.prompt import TOP_K
 from inference.constrained import CandidateConstraint, Tracker, mask_rows
+from inference.constraint_masks import BatchConstraints
 from inference.loading import attention_backends
 from inference.records import (
     candidate_tokens,
@@ -32,16 +33,32 @@ from inference.records import (
 from inference.scoring import pad_left, score_candidates
 
 
-class CandidateLogits(LogitsProcessor):
-    """Row i of the batch may only continue with a token its automaton allows."""
+CONSTRAINT_MASKS = ("tensor", "python")
 
-    def __init__(self, constraints, prompt_width):
-        self.trackers = [Tracker(c) for c in constraints]
+
+class CandidateLogits(LogitsProcessor):
+    """Row i of the batch may only continue with a token its automaton allows. masks="tensor": the batch's
+    automata as tensors on the logits' device (inference/constraint_masks.py); "python": the reference, one
+    Tracker per row on the host, the generated ids copied there each step."""
+
+    def __init__(self, constraints, prompt_width, masks="tensor", device="cpu"):
+        self.masks = masks
         self.prompt_width = prompt_width  # left-padded prompts: generated tokens start here
+        if masks == "tensor":
+            self.batch = BatchConstraints(constraints, prompt_width, device)
+        else:
+            self.trackers = [Tracker(c) for c in constraints]
 
     def __call__(self, input_ids, scores):
+        if self.masks == "tensor":
+            return self.batch.mask(input_ids, scores)
         generated = input_ids[:, self.prompt_width:].tolist()
         return mask_rows(scores, {row: t.allowed(generated[row]) for row, t in enumerate(self.trackers)})
+
+    def check(self):
+        """After generation: dead ends the tensor masks noted (the reference raises at once)."""
+        if self.masks == "tensor":
+            self.batch.check()
 
 
 def oom_detail(err):
@@ -56,10 +73,12 @@ class HFRunner:
     """Args beyond the obvious: batch_size, prompts generated at once (a call may bring more examples);
     score_batch, prompts per forward pass in score mode (1: inference/scoring.py's one-prompt path);
     sdpa, the attention kernels allowed (inference.loading.attention_backends); compile, generation with a
-    static KV cache, whose decoding step transformers compiles with torch.compile on a GPU."""
+    static KV cache, whose decoding step transformers compiles with torch.compile on a GPU; constraint_masks,
+how constrained mode masks the logits (CandidateLogits)."""
 
     def __init__(self, model, tokenizer, mode="free", max_new_tokens=128, score_norm="sum",
-                 temperature=0.0, seed=0, batch_size=32, score_batch=1, sdpa="auto", compile=False):
+                 temperature=0.0, seed=0, batch_size=32, score_batch=1, sdpa="auto", compile=False,
+                 constraint_masks="tensor"):
         self.model = model
         self.tok = tokenizer
         self.mode = mode
@@ -69,6 +88,7 @@ class HFRunner:
         self.seed = seed
         self.batch_size = batch_size if mode != "score" else score_batch
         self.sdpa, self.compile = sdpa, compile
+        self.constraint_masks = constraint_masks
         self.stop_ids = stop_ids(tokenizer)
         self.title_tokens = {}  # constrained mode: candidate title -> its tokens, for every prompt
 
@@ -100,7 +120,8 @@ class HFRunner:
         tqdm.write(f"out of memory at batch {size}: continuing at batch {self.batch_size}", file=sys.stderr)
 
     def _generate(self, batch, max_new_tokens, processor_of=None):
-        """Generated token ids per example (after the prompt, stop token included, padding removed)."""
+        """Generated token ids per example (after the prompt, stop token included, padding removed).
+        processor_of(prompt width): a logits processor, checked after generation where it has a check()."""
         ids, mask = pad_left([ex["prompt_ids"] for ex in batch], self.tok.pad_token_id)
         sample = self.temperature > 0
         config = GenerationConfig(
@@ -115,6 +136,9 @@ class HFRunner:
             out = self.model.generate(input_ids=ids.to(self.model.device),
                                       attention_mask=mask.to(self.model.device),
                                       generation_config=config, logits_processor=processors)
+        for processor in processors:
+            if hasattr(processor, "check"):
+                processor.check()
         stops = set(self.stop_ids)
         gens = []
         for row in out[:, ids.shape[1]:].tolist():
@@ -133,7 +157,8 @@ class HFRunner:
     def _constrained(self, batch):
         constraints = self.constraints(batch)
         gens = self._generate(batch, max(c.max_tokens for c in constraints),
-                              lambda width: CandidateLogits(constraints, width))
+                              lambda width: CandidateLogits(constraints, width, self.constraint_masks,
+                                                            self.model.device))
         return [constrained_record(ex, c.parse(g)) for ex, c, g in zip(batch, constraints, gens)]
 
     def _score(self, chunk):

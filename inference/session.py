@@ -53,7 +53,8 @@ class Session:
         batch, how = self._batch_size(job)
         on_gpu = a.device_resolved.startswith("cuda")
         runner = HFRunner(self.model, job.tok, a.mode, a.max_new_tokens, a.score_norm, a.temperature, a.seed,
-                          batch, score_batch=batch if on_gpu else 1, sdpa=a.sdpa_backends, compile=a.compile)
+                          batch, score_batch=batch if on_gpu else 1, sdpa=a.sdpa_backends, compile=a.compile,
+                          constraint_masks=a.constraint_masks)
         runner.batch_text = f", batch {batch} ({how})" if a.mode != "score" or on_gpu else ", one prompt a pass"
         return runner
 

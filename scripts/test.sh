@@ -12,7 +12,7 @@ TESTS=${TESTS:-all}                     # all | training | vllm
 VLLM_VENV=${VLLM_VENV:-.venv-vllm}
 VLLM_ENV_TESTS=${VLLM_ENV_TESTS:-"tests/test_inference.py tests/test_inference_modes.py tests/test_inference_vllm.py
   tests/test_inference_vllm_real.py tests/test_inference_gpu_path.py tests/test_merge.py tests/test_merge_methods.py
-  tests/test_merge_cli.py tests/test_families_vllm.py"}
+  tests/test_merge_cli.py tests/test_families_vllm.py tests/test_constraint_masks.py"}
 # LLaMA-Factory lives in .venv only
 VLLM_ENV_DESELECT=${VLLM_ENV_DESELECT:-"tests/test_merge.py::test_llamafactory_loads_the_merged_adapter"}
 

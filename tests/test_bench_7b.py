@@ -28,16 +28,17 @@ def test_small_run_writes_every_stage_row_and_output(tmp_path):
     help_text = subprocess.run([sys.executable, "-m", "inference.generate", "--help"], cwd=REPO,
                                capture_output=True, text=True, check=True).stdout
     sdpa = ["_sdpa-auto", "_sdpa-torch"] if "--sdpa-backends" in help_text else [""]
+    masks = ["generate_constrained_b2_python-masks"] if "--constraint-masks" in help_text else []
     diag = ["diag_tiny_model", "diag_profile_float32"] + [
         f"diag_{kind}{s}" for s in sdpa for kind in ("score_float32", "score_bfloat16", "profile_bfloat16")]
-    expected = ["checkpoint", "data", "preflight", "train", "merge_stacked", *GENERATE, *diag, "learn_weights",
+    expected = ["checkpoint", "data", "preflight", "train", "merge_stacked", *GENERATE, *masks, *diag, "learn_weights",
                 "merge_full"]
     assert sorted(rows) == sorted(expected)
     for name in expected:
         assert rows[name]["status"].startswith("ok"), (name, rows[name])
         assert rows[name]["seconds"] > 0 and rows[name]["rss_peak_gib"] > 0, rows[name]
         assert rows[name]["gpu_peak_gib"] is None and rows[name]["gpu_busy_pct"] is None  # no GPU here
-    for name in GENERATE + [f"diag_score_float32{s}" for s in sdpa]:
+    for name in GENERATE + masks + [f"diag_score_float32{s}" for s in sdpa]:
         assert rows[name]["samples_per_s"] > 0 and rows[name]["startup_s"] > 0, rows[name]
     assert "| stage | seconds |" in (out / "bench_7b.md").read_text()
 
@@ -53,6 +54,10 @@ def test_small_run_writes_every_stage_row_and_output(tmp_path):
     for name in GENERATE:
         lines = (work / "result" / name.removeprefix("generate_") / "output.jsonl").read_text().splitlines()
         assert len(lines) == 2
+    if masks:  # the reference automaton's masks write the same answers
+        result = work / "result"
+        assert (result / "constrained_b2_python-masks" / "output.jsonl").read_text() == \
+            (result / "constrained_b2" / "output.jsonl").read_text()
     assert any(p.suffix == ".json" for p in (work / "learned").iterdir())
     for s in sdpa:
         assert "Self CPU" in (out / f"diag_profile_bfloat16{s}.txt").read_text()
