@@ -10,8 +10,10 @@ with scripts/train_configs/qwen2_7b_lora.yaml (a few steps), merge.merge_lora (s
 inference.generate in its three modes at two batch sizes (model start-up apart from the generation rate),
 merge.learn_weights (likelihood, a few steps), and on a GPU a diagnostic: a tiny quickstart-sized model in
 float32 against bfloat16 (and with each --sdpa-backends choice where inference.generate has it) plus
-torch.profiler tables. --small runs the same stages on a 2-layer model with the real vocabulary, on CPU in
-minutes (tests/test_bench_7b.py). --budget-s skips what no longer fits and kills a stage that runs past it.
+torch.profiler tables, then constrained mode at the largest batch size once more with the per-row reference
+masks (--constraint-masks python: what the tensor masks gain). --small runs the same stages on a 2-layer model
+with the real vocabulary, on CPU in minutes (tests/test_bench_7b.py). --budget-s skips what no longer fits and
+kills a stage that runs past it.
 
 On the lent GPU machine: bash scripts/gpu_bench.sh (docs/gpu.md). Here:
     .venv/bin/python -m benchmarks.bench_7b --small --out-dir /tmp/b7/out --work-dir /tmp/b7/work \\
@@ -48,7 +50,7 @@ SMALL_TRAIN_ARGS = "per_device_train_batch_size=1 gradient_accumulation_steps=2 
                    "preprocessing_num_workers=1"
 # in this order; under --budget-s the last ones are the first cut
 STAGES = ["checkpoint", "data", "preflight", "train", "merge_stacked", "generate", "learn_weights", "diag",
-          "merge_full"]
+          "masks", "merge_full"]
 
 
 class Paths:
@@ -139,13 +141,20 @@ def stage_generate(bench, args, paths):
             tokens = f", {args.max_new_tokens} new tokens" if mode == "free" else ""
             timed_generate(bench, f"generate_{mode}_b{bs}", cmd, [paths.stacked, paths.test_file],
                            f"{n} prompts at batch {bs}, stacked adapter{tokens}")
-            if mode == "constrained" and bs == args.batch_sizes[-1] and has_option("--constraint-masks"):
-                # what the tensor masks gain: the same run with the per-row reference automaton
-                other = os.path.join(paths.result, f"{mode}_b{bs}_python-masks", "output.jsonl")
-                cmd = generate_cmd(args, paths.test_file, paths.base, other, mode, bs, n, "--adapter", paths.stacked,
-                                   "--constraint-masks", "python")
-                timed_generate(bench, f"generate_{mode}_b{bs}_python-masks", cmd, [paths.stacked, paths.test_file],
-                               f"{n} prompts at batch {bs}, stacked adapter, --constraint-masks python")
+
+
+def stage_masks(bench, args, paths):
+    """What the tensor masks gain: constrained at the largest batch size again, with the per-row reference
+    automaton (after the diagnostic: under a tight budget this row is cut before it)."""
+    if not has_option("--constraint-masks"):
+        return bench.skip("masks", "inference.generate has no --constraint-masks")
+    bs = args.batch_sizes[-1]
+    n = min(args.prompts, 2 * bs)
+    out = os.path.join(paths.result, f"constrained_b{bs}_python-masks", "output.jsonl")
+    cmd = generate_cmd(args, paths.test_file, paths.base, out, "constrained", bs, n, "--adapter", paths.stacked,
+                       "--constraint-masks", "python")
+    timed_generate(bench, f"generate_constrained_b{bs}_python-masks", cmd, [paths.stacked, paths.test_file],
+                   f"{n} prompts at batch {bs}, stacked adapter, --constraint-masks python")
 
 
 def has_option(option):
@@ -271,7 +280,8 @@ def main(argv=None):
     paths = Paths(args.work_dir)
     run = {"checkpoint": stage_checkpoint, "data": stage_data, "preflight": stage_preflight, "train": stage_train,
            "merge_stacked": lambda *a: stage_merge(*a, "stacked"), "generate": stage_generate,
-           "diag": stage_diag, "learn_weights": stage_learn_weights, "merge_full": lambda *a: stage_merge(*a, "full")}
+           "diag": stage_diag, "learn_weights": stage_learn_weights, "masks": stage_masks,
+           "merge_full": lambda *a: stage_merge(*a, "full")}
     for name in STAGES:
         if name not in args.stages:
             continue
