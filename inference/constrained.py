@@ -1,15 +1,19 @@
 """Constrained decoding: the answer is always K distinct titles of the prompt's own candidates.
 
-The allowed token sequences are  u(c1) u(c2) ... u(c_{K-1}) v(c_K) <eos>  with distinct c_i, where
-u(c) = tokens of the string c + "||" and v(c) = tokens of c, each tokenised on its own. Because one
-token sequence may be read in more than one way (a title that is a token-prefix of another; a title that
-ends with "|"), each row keeps the set of all live parses and advances every parse on each token: an
-automaton, not a guess at where titles end. A parse is (titles chosen so far, tokens read of the current
-title, the candidates not chosen yet whose u (or, for the K-th title, v) starts with those tokens): a
-walk down the prefix tree of the candidates' sequences, the tree never built (the engine receives one
-automaton per request, and building two trees for 30 candidates cost more than all the steps taken in
-them). The text written is the chosen titles joined by "||", taken from the parse, so it is exact even
-if the tokenizer normalises or merges across title boundaries.
+The allowed token sequences are  u1(c1) u(c2) ... u(c_{K-1}) v(c_K) <eos>  with distinct c_i: u(c) are the
+tokens of c + "||" and v(c) those of c as they read after a "||" (the tokens of "||" + c + "||" less the
+leading tokens of "||"; the title's own tokens where the tokenizer merges the separator into it), u1(c) the
+tokens of c + "||" at the start of the answer (for K = 1, v1(c): of c alone). Training encodes the answer
+"c1||c2||...||c5" as one string, so this is its token path: with Qwen2's and Llama-3's tokenizers a title
+reads the same at the start and after "||", while a SentencePiece tokenizer (Mistral) writes the first title
+"▁Title" and the later ones "Title". Because one token sequence may be read in more than one way (a title
+that is a token-prefix of another; a title that ends with "|"), each row keeps the set of all live parses
+and advances every parse on each token: an automaton, not a guess at where titles end. A parse is (titles
+chosen so far, tokens read of the current title, the candidates not chosen yet whose sequence for this
+position starts with those tokens): a walk down the prefix tree of the candidates' sequences, the tree never
+built (the engine receives one automaton per request, and building two trees for 30 candidates cost more
+than all the steps taken in them). The text written is the chosen titles joined by "||", taken from the
+parse, so it is exact even if the tokenizer normalises or merges across title boundaries.
 """
 
 from common.prompt import SEP, TOP_K
@@ -27,47 +31,79 @@ def unique_titles(candidates):
     return out
 
 
+def title_tokens(tokenizer, titles):
+    """title -> (u1, v1, u, v): its tokens at the start of the answer (with "||", alone) and after a "||"."""
+    sep = tokenizer(SEP, add_special_tokens=False)["input_ids"]
+    texts = [t + SEP for t in titles] + titles + [SEP + t + SEP for t in titles] + [SEP + t for t in titles]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    n = len(titles)
+
+    def after_sep(in_context, alone):
+        rest = in_context[len(sep):]
+        return rest if in_context[:len(sep)] == sep and rest else alone
+
+    return {t: (ids[i], ids[n + i], after_sep(ids[2 * n + i], ids[i]), after_sep(ids[3 * n + i], ids[n + i]))
+            for i, t in enumerate(titles)}
+
+
 class CandidateConstraint:
     """The automaton for one prompt: which tokens may come next, given what was generated."""
 
     def __init__(self, candidates, tokenizer, eos_id, k=TOP_K, cache=None):
-        """cache: optional dict title -> (tokens of title + "||", tokens of title), shared between
-        prompts (test users' candidates come from one item pool), filled here."""
+        """cache: optional dict title -> title_tokens' tuple, shared between prompts (test users' candidates
+        come from one item pool), filled here."""
         titles = unique_titles(candidates)
         if not titles:
             raise ValueError("a prompt has no candidate titles")
         cache = {} if cache is None else cache
         new = [t for t in titles if t not in cache]
         if new:
-            ids = tokenizer([t + SEP for t in new] + new, add_special_tokens=False)["input_ids"]
-            cache.update(zip(new, zip(ids[:len(new)], ids[len(new):])))
-        self._build(titles, [cache[t][0] for t in titles], [cache[t][1] for t in titles], eos_id, k)
+            cache.update(title_tokens(tokenizer, new))
+        u1, v1, u, v = zip(*(cache[t] for t in titles))
+        self._build(titles, u, v, eos_id, k, u1, v1)
 
     @classmethod
-    def from_tokens(cls, mid, last, eos_id, k=TOP_K):
-        """The automaton from token lists alone (u(c) and v(c) per candidate): what vLLM's engine
-        process receives, without a tokenizer. Titles are reported by index."""
+    def from_tokens(cls, mid, last, eos_id, k=TOP_K, first_mid=None, first_last=None):
+        """The automaton from token lists alone (per candidate u(c), v(c) and, where the first title reads
+        otherwise, u1(c), v1(c)): what vLLM's engine process receives, without a tokenizer. Titles are
+        reported by index."""
         self = cls.__new__(cls)
-        self._build(list(range(len(mid))), mid, last, eos_id, k)
+        self._build(list(range(len(mid))), mid, last, eos_id, k, first_mid, first_last)
         return self
 
-    def spec(self):
-        """The arguments of from_tokens, as plain lists (they travel to vLLM's engine process)."""
-        return {"mid": self.mid, "last": self.last, "eos": self.eos, "k": self.k}
+    @classmethod
+    def from_spec(cls, spec):
+        return cls.from_tokens(spec["mid"], spec["last"], spec["eos"], spec["k"], spec.get("first_mid"),
+                               spec.get("first_last"))
 
-    def _build(self, titles, mid, last, eos_id, k):
+    def spec(self):
+        """from_spec's argument, as plain lists (they travel to vLLM's engine process)."""
+        return {"mid": self.mid, "last": self.last, "eos": self.eos, "k": self.k,  # first: None where the same
+                "first_mid": None if self.first_mid == self.mid else self.first_mid,
+                "first_last": None if self.first_last == self.last else self.first_last}
+
+    def _build(self, titles, mid, last, eos_id, k, first_mid=None, first_last=None):
         self.titles, self.mid, self.last = titles, [list(m) for m in mid], [list(v) for v in last]
+        self.first_mid = [list(m) for m in first_mid] if first_mid is not None else self.mid
+        self.first_last = [list(v) for v in first_last] if first_last is not None else self.last
         self.k = min(k, len(titles))
         self.eos = eos_id
         self.everyone = tuple(range(len(titles)))
-        longest_mid = sorted((len(m) for m in self.mid), reverse=True)[:self.k - 1]
-        self.max_tokens = sum(longest_mid) + max(len(v) for v in self.last) + 1
+        if self.k == 1:
+            self.max_tokens = max(map(len, self.first_last)) + 1
+        else:  # an upper bound: the longest first title, the k - 2 longest middle ones, the longest last one
+            middle = sorted(map(len, self.mid), reverse=True)[:self.k - 2]
+            self.max_tokens = max(map(len, self.first_mid)) + sum(middle) + max(map(len, self.last)) + 1
 
     def start(self):
         return [((), 0, self.everyone)]
 
-    def _seqs(self, chosen):
-        return self.mid if len(chosen) < self.k - 1 else self.last
+    def _phase(self, chosen):
+        """(the candidates' sequences for the next title, whether it is the last one)."""
+        first, final = not chosen, len(chosen) >= self.k - 1
+        if final:
+            return (self.first_last if first else self.last), True
+        return (self.first_mid if first else self.mid), False
 
     def allowed(self, states):
         """Token ids that keep at least one parse alive."""
@@ -76,12 +112,12 @@ class CandidateConstraint:
             if depth == DONE:
                 out.add(self.eos)
                 continue
-            seqs = self._seqs(chosen)
+            seqs, final = self._phase(chosen)
             for c in live:
                 seq = seqs[c]
                 if len(seq) > depth:
                     out.add(seq[depth])
-                elif seqs is self.last:  # the K-th title read whole: the answer may end
+                elif final:  # the K-th title read whole: the answer may end
                     out.add(self.eos)
         return sorted(out)
 
@@ -92,14 +128,14 @@ class CandidateConstraint:
             if depth == DONE:
                 new.append((chosen, DONE, ()))
                 continue
-            seqs = self._seqs(chosen)
-            if token == self.eos and seqs is self.last:
+            seqs, final = self._phase(chosen)
+            if token == self.eos and final:
                 new.extend((chosen + (c,), DONE, ()) for c in live if len(seqs[c]) == depth)
             going = tuple(c for c in live if len(seqs[c]) > depth and seqs[c][depth] == token)
             if not going:
                 continue
             new.append((chosen, depth + 1, going))
-            if seqs is self.mid:  # a whole "title||" read: the next title starts
+            if not final:  # a whole "title||" read: the next title starts
                 for c in going:
                     if len(seqs[c]) == depth + 1:
                         taken = chosen + (c,)

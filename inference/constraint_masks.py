@@ -3,7 +3,7 @@ with no per-row Python and no copy of the generated ids to the host (inference/c
 the reference; tests/test_constraint_masks.py checks the masks are the same, step by step).
 
 A row goes here when its candidates' "title||" token sequences are prefix-free (none starts another, no two
-are equal). Then the row has one live parse until its answer ends, and a parse is a few numbers: the titles
+are equal), at the start of the answer and after a "||" (inference/constrained.py: u1 and u). Then the row has one live parse until its answer ends, and a parse is a few numbers: the titles
 chosen (a mask over the candidates), the tokens read of the current title (depth), the candidates whose
 sequence starts with those tokens (a mask). The last title needs no such condition: several candidates may
 stay live while it is read (a title that is a token-prefix of another is common), and <eos> is allowed once
@@ -15,6 +15,9 @@ reference automaton (a Tracker, on the host); both kinds mix in one batch.
 import torch
 
 from inference.constrained import Tracker, mask_rows
+
+
+SEQS = ("first_mid", "mid", "first_last", "last")  # CandidateConstraint's sequences: u1, u, v1, v
 
 
 def prefix_free(seqs):
@@ -44,13 +47,13 @@ class BatchConstraints:
         self.width = prompt_width
         self.seen = prompt_width
         self.fallback = {row: Tracker(c) for row, c in enumerate(constraints)
-                         if c.k > 1 and not prefix_free(c.mid)}
+                         if c.k > 1 and not (prefix_free(c.mid) and prefix_free(c.first_mid))}
         width = max(len(c.mid) for c in constraints)
         rows = len(constraints)
-        self.mid, self.last = (_padded([getattr(c, s) for c in constraints], width, device) for s in ("mid", "last"))
-        self.mid_len, self.last_len = (_lengths([getattr(c, s) for c in constraints], width, device)
-                                       for s in ("mid", "last"))
-        self.valid = self.mid_len > 0
+        # per phase (SEQS), the candidates' token ids [rows, width, longest] (-1 past the end) and lengths
+        self.ids = {s: _padded([getattr(c, s) for c in constraints], width, device) for s in SEQS}
+        self.lengths = {s: _lengths([getattr(c, s) for c in constraints], width, device) for s in SEQS}
+        self.valid = self.lengths["mid"] > 0
         self.k = torch.tensor([c.k for c in constraints], device=device)
         self.eos = torch.tensor([c.eos for c in constraints], device=device)
         self.rows = torch.arange(rows, device=device)
@@ -64,14 +67,20 @@ class BatchConstraints:
 
     def _next(self):
         """(each candidate's token at the current depth, -1 past its end; its sequence's length; whether the
-        row reads its last title), for the phase each row is in."""
-        last = self.count >= self.k - 1
-        at = self.depth.clamp(max=self.mid.shape[2] - 1).view(-1, 1, 1).expand(-1, self.mid.shape[1], 1)
-        at_last = self.depth.clamp(max=self.last.shape[2] - 1).view(-1, 1, 1).expand(-1, self.last.shape[1], 1)
-        token = torch.where(last[:, None], self.last.gather(2, at_last).squeeze(2), self.mid.gather(2, at).squeeze(2))
-        length = torch.where(last[:, None], self.last_len, self.mid_len)
+        row reads its last title), for the phase each row is in (CandidateConstraint._phase)."""
+        first, last = (self.count == 0)[:, None], (self.count >= self.k - 1)[:, None]
+        token, length = {}, {}
+        for name, ids in self.ids.items():
+            at = self.depth.clamp(max=ids.shape[2] - 1).view(-1, 1, 1).expand(-1, ids.shape[1], 1)
+            token[name], length[name] = ids.gather(2, at).squeeze(2), self.lengths[name]
+
+        def pick(values):
+            return torch.where(last, torch.where(first, values["first_last"], values["last"]),
+                               torch.where(first, values["first_mid"], values["mid"]))
+
+        token, length = pick(token), pick(length)
         token = torch.where(self.depth[:, None] < length, token, -1)
-        return token, length, last
+        return token, length, last.squeeze(1)
 
     def _advance(self, tokens):
         """Every row reads one generated token (a finished row stays finished)."""

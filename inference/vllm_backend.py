@@ -49,7 +49,7 @@ class CandidateProcessor(LogitsProcessor):
         spec = extra.get(CONSTRAINT_KEY)
         if spec is None:
             return None
-        return Tracker(CandidateConstraint.from_tokens(spec["mid"], spec["last"], spec["eos"], spec["k"])), output_ids
+        return Tracker(CandidateConstraint.from_spec(spec)), output_ids
 
     def update_state(self, batch_update):
         process_dict_updates(self.rows, batch_update, self._rule)

@@ -58,7 +58,11 @@ def random_constraint(rng):
     last = [[rng.randint(1, 6) for _ in range(rng.randint(1, 3))] for _ in range(n)]
     mid = [seq + [7] if rng.random() < 0.7 else [rng.randint(1, 7) for _ in range(rng.randint(1, 4))]
            for seq in last]
-    return CandidateConstraint.from_tokens(mid, last, EOS, k=rng.randint(1, 5))
+    if rng.random() < 0.5:  # the first title reads as the others do (Qwen2, Llama-3)
+        return CandidateConstraint.from_tokens(mid, last, EOS, k=rng.randint(1, 5))
+    first_last = [[8] + seq if rng.random() < 0.5 else seq for seq in last]  # "▁Title" first (SentencePiece)
+    first_mid = [seq + [7] for seq in first_last]
+    return CandidateConstraint.from_tokens(mid, last, EOS, rng.randint(1, 5), first_mid, first_last)
 
 
 def test_random_automata_give_the_reference_masks():

@@ -117,6 +117,26 @@ def test_training_prompts_equal_inference_prompts_token_for_token(family, family
     check_prompts(model, sample, lf_tok, lf_template, template)  # the check train_lora.sh runs: passes
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_constrained_mode_allows_the_token_path_training_writes(family, family_model, real_test_file):
+    """The answer's tokens as LLaMA-Factory encodes them for training are a path of the candidate automaton,
+    read as the answer's titles: constrained decoding offers the model the tokens it learned (a SentencePiece
+    tokenizer writes the first title "▁Title" and the later ones "Title")."""
+    from inference.constrained import CandidateConstraint
+    from models.check_lengths import load_template
+
+    model = str(family_model(family))
+    lf_tok, lf_template = load_template(model, FAMILIES[family][1])
+    tok = tokenizer(model)
+    for sample in read_lines(real_test_file):
+        system, user, answer = sample_parts(sample)
+        turns = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        _, answer_ids = lf_template.encode_oneturn(lf_tok, turns, system=system)
+        end = answer_ids.index(tok.eos_token_id)
+        constraint = CandidateConstraint(parse_user_prompt(user)[1], tok, tok.eos_token_id)
+        assert constraint.parse(answer_ids[:end + 1]) == answer.split("||")
+
+
 @pytest.mark.parametrize("family", ["llama3", "mistral"])
 def test_lora_targets_are_named_as_qwen2s(family, family_model):
     """LLaMA-Factory's lora_target all finds the same seven projections in every family; so do merging,

@@ -135,8 +135,9 @@ def test_automaton_from_tokens_is_the_same(random_model_dir):
     tok = AutoTokenizer.from_pretrained(random_model_dir)
     built = CandidateConstraint(TRICKY, tok, tok.eos_token_id, k=5)
     spec = built.spec()
-    again = CandidateConstraint.from_tokens(spec["mid"], spec["last"], spec["eos"], spec["k"])
-    assert (again.mid, again.last, again.max_tokens) == (built.mid, built.last, built.max_tokens)
+    again = CandidateConstraint.from_spec(spec)
+    assert (again.mid, again.last, again.first_mid, again.first_last, again.max_tokens) == \
+        (built.mid, built.last, built.first_mid, built.first_last, built.max_tokens)
     rng = random.Random(2)
     for _ in range(50):  # the same steps allowed, the same answer (by index)
         states, other = built.start(), again.start()
@@ -155,8 +156,8 @@ def test_shared_title_cache_gives_the_same_automaton(random_model_dir):
     again = CandidateConstraint(TRICKY[::-1], tok, tok.eos_token_id, cache=cache)  # hits and misses
     fresh = CandidateConstraint(TRICKY[::-1], tok, tok.eos_token_id)
     assert set(cache) == set(TRICKY)
-    assert cache["Foo|"] == (tok.encode("Foo|" + SEP, add_special_tokens=False),
-                             tok.encode("Foo|", add_special_tokens=False))
+    assert cache["Foo|"][:2] == (tok.encode("Foo|" + SEP, add_special_tokens=False),
+                                 tok.encode("Foo|", add_special_tokens=False))
     assert (again.titles, again.mid, again.last) == (fresh.titles, fresh.mid, fresh.last)
     assert again.max_tokens == fresh.max_tokens
 
