@@ -28,8 +28,6 @@
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -37,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.child import run_module
 from common.io import read_jsonl, write_jsonl_atomic
 from tests.helpers import REAL_TOKENIZER, SHARED_DATA, build_real_tokenizer_model, make_adapter, real_prompts
 
@@ -46,17 +45,8 @@ GPU_TFLOPS = 400.0  # assumed sustained bf16 rate on one H100/H200 (about 40% of
 
 
 def run_cli(args):
-    """Wall seconds, peak RSS (MB) and the summary lines of one learn_weights run (os.wait4)."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "merge.learn_weights", *args], cwd=repo,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    out = proc.stdout.read()
-    if status != 0:
-        raise SystemExit(f"learn_weights failed ({args}); rerun it by hand to see why")
-    return wall, usage.ru_maxrss / 1024, [line for line in out.splitlines() if line.startswith(("wrote", "mean"))]
+    """Wall seconds, peak RSS (MB) and the summary lines of one learn_weights run."""
+    return run_module("merge.learn_weights", args, ("wrote", "mean"))
 
 
 def size_classes(config, rank):

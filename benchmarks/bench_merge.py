@@ -9,14 +9,13 @@
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
 import torch
 from safetensors.torch import save_file
 
+from benchmarks.child import run_module
 from common.io import write_json_atomic
 from common.prompt import CANDIDATES_CLOSE, CANDIDATES_OPEN, HISTORY_OPEN, SYSTEM
 from merge.adapters import PREFIX, file_size
@@ -55,18 +54,8 @@ def write_adapter(folder, shapes, rank, seed, base_model, dtype=torch.bfloat16):
 
 
 def timed(args):
-    """Wall seconds, peak RSS (MB) of the child and its summary line, via os.wait4."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "merge.merge_lora", *args], cwd=repo,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    out = proc.stdout.read()
-    if status != 0:
-        raise SystemExit(f"merge failed ({args}); rerun it by hand to see why")
-    summary = [line for line in out.splitlines() if line.startswith(("merged", "svd"))]
-    return wall, usage.ru_maxrss / 1024, summary
+    """Wall seconds, peak RSS (MB) of the child and its summary line."""
+    return run_module("merge.merge_lora", args, ("merged", "svd"))
 
 
 def small_base(folder, hidden, layers):

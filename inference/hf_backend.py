@@ -74,7 +74,7 @@ class HFRunner:
     score_batch, prompts per forward pass in score mode (1: inference/scoring.py's one-prompt path);
     sdpa, the attention kernels allowed (inference.loading.attention_backends); compile, generation with a
     static KV cache, whose decoding step transformers compiles with torch.compile on a GPU; constraint_masks,
-how constrained mode masks the logits (CandidateLogits)."""
+    how constrained mode masks the logits (CandidateLogits)."""
 
     def __init__(self, model, tokenizer, mode="free", max_new_tokens=128, score_norm="sum",
                  temperature=0.0, seed=0, batch_size=32, score_batch=1, sdpa="auto", compile=False,
