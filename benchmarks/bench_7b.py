@@ -40,7 +40,7 @@ CONFIG = "scripts/train_configs/qwen2_7b_lora.yaml"
 DOMAIN = "sports"
 # sizes per shape: the 7B run fits one 10-minute device call (docs/gpu.md); --small fits a CPU test
 PRESETS = {
-    "7b": {"prompts": 64, "train_samples": 300, "train_steps": 4, "batch_sizes": "16,64", "max_new_tokens": 32,
+    "7b": {"prompts": 128, "train_samples": 300, "train_steps": 4, "batch_sizes": "16,64", "max_new_tokens": 32,
            "learn_steps": 3, "learn_prompts": 8, "diag_prompts": 100},
     "small": {"prompts": 4, "train_samples": 16, "train_steps": 2, "batch_sizes": "2,4", "max_new_tokens": 4,
               "learn_steps": 1, "learn_prompts": 4, "diag_prompts": 4},
@@ -127,7 +127,7 @@ def generate_cmd(args, test_file, model, out, mode, batch_size, limit, *extra):
 
 def timed_generate(bench, name, cmd, needs, note):
     row = bench.run(name, cmd, needs=needs, note=note)
-    row["startup_s"], row["samples_per_s"] = parse_generate(row.get("log"))
+    row.update(parse_generate(row.get("log")))
     bench.write()
     return row
 

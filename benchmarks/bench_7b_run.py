@@ -20,10 +20,12 @@ import time
 from common.io import write_json_atomic, write_text_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# inference.generate's summary line: "wrote ...: N lines ..., model ready in Xs, Ys, Z samples/s; ..."
-WROTE = re.compile(r"^wrote .*model ready in ([\d.]+)s, ([\d.]+)s, ([\d.]+) samples/s", re.MULTILINE)
+# inference.generate's summary line: "wrote ...: N lines (R resumed), ..., model ready in Xs, Ys, Z samples/s
+# (first batch of B in Ts), ..." (the part in brackets: hf, more than one batch)
+WROTE = re.compile(r"^wrote .*: (\d+) lines \((\d+) resumed\).*model ready in ([\d.]+)s, ([\d.]+)s, "
+                   r"([\d.]+) samples/s(?: \(first batch of (\d+) in ([\d.]+)s\))?", re.MULTILINE)
 COLUMNS = [("stage", "stage"), ("seconds", "seconds"), ("samples_per_s", "samples/s"),
-           ("startup_s", "start-up s"), ("gpu_peak_gib", "peak GPU GiB"), ("gpu_busy_pct", "GPU busy %"),
+           ("later_per_s", "samples/s after batch 1"), ("first_batch_s", "batch 1 s"), ("startup_s", "start-up s"), ("gpu_peak_gib", "peak GPU GiB"), ("gpu_busy_pct", "GPU busy %"),
            ("rss_peak_gib", "peak RSS GiB"), ("status", "status"), ("note", "note")]
 
 
@@ -160,9 +162,18 @@ def _wait(proc, deadline):
 
 
 def parse_generate(text):
-    """(start-up s, samples/s) from inference.generate's "wrote" line, or (None, None)."""
+    """From inference.generate's "wrote" line: {startup_s, samples_per_s, first_batch_s, later_per_s} (the
+    generation rate with the first batch, where the first kernels' cost falls, left out), None where absent."""
     m = WROTE.search(text or "")
-    return (float(m.group(1)), float(m.group(3))) if m else (None, None)
+    if not m:
+        return {"startup_s": None, "samples_per_s": None, "first_batch_s": None, "later_per_s": None}
+    lines, resumed, startup, seconds, rate, first_n, first_s = m.groups()
+    row = {"startup_s": float(startup), "samples_per_s": float(rate), "first_batch_s": None, "later_per_s": None}
+    if first_n is not None:
+        later_n, later_s = int(lines) - int(resumed) - int(first_n), float(seconds) - float(first_s)
+        row["first_batch_s"] = float(first_s)
+        row["later_per_s"] = later_n / later_s if later_s > 0 else None
+    return row
 
 
 def cell(value, digits=1):

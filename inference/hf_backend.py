@@ -9,6 +9,7 @@ score ranks the candidates by likelihood (inference/scoring.py).
 
 import re
 import sys
+import time
 
 import torch
 from tqdm import tqdm
@@ -91,6 +92,7 @@ class HFRunner:
         self.constraint_masks = constraint_masks
         self.stop_ids = stop_ids(tokenizer)
         self.title_tokens = {}  # constrained mode: candidate title -> its tokens, for every prompt
+        self.first_batch = None
 
     def __call__(self, chunk):
         """chunk: dicts with "id", "prompt_ids" and (constrained, score) "candidates", sorted by length.
@@ -101,11 +103,14 @@ class HFRunner:
         with attention_backends(self.sdpa):
             while i < len(chunk):
                 batch = chunk[i:i + self.batch_size]
+                start = time.perf_counter()
                 try:
                     out += run(batch)
                 except torch.OutOfMemoryError as err:
                     self._halve(err)
                     continue
+                if self.first_batch is None:  # (prompts, seconds): what the first kernels cost shows here
+                    self.first_batch = (len(batch), time.perf_counter() - start)
                 i += len(batch)
         return out
 

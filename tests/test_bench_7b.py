@@ -11,10 +11,10 @@ from tests.helpers import REAL_TOKENIZER, REPO, SHARED_DATA
 
 pytestmark = pytest.mark.slow
 
-SIZES = ["--prompts", "2", "--train-samples", "8", "--train-steps", "2", "--batch-sizes", "2",
+SIZES = ["--prompts", "2", "--train-samples", "8", "--train-steps", "2", "--batch-sizes", "1",
          "--max-new-tokens", "2", "--learn-steps", "1", "--learn-prompts", "2", "--diag-prompts", "2",
          "--diag-modes", "score", "--history", "5"]
-GENERATE = [f"generate_{mode}_b{bs}" for mode in ("score", "constrained", "free") for bs in (2,)]
+GENERATE = [f"generate_{mode}_b{bs}" for mode in ("score", "constrained", "free") for bs in (1,)]
 
 
 def test_small_run_writes_every_stage_row_and_output(tmp_path):
@@ -28,7 +28,7 @@ def test_small_run_writes_every_stage_row_and_output(tmp_path):
     help_text = subprocess.run([sys.executable, "-m", "inference.generate", "--help"], cwd=REPO,
                                capture_output=True, text=True, check=True).stdout
     sdpa = ["_sdpa-auto", "_sdpa-torch"] if "--sdpa-backends" in help_text else [""]
-    masks = ["generate_constrained_b2_python-masks"] if "--constraint-masks" in help_text else []
+    masks = ["generate_constrained_b1_python-masks"] if "--constraint-masks" in help_text else []
     diag = ["diag_tiny_model", "diag_profile_float32"] + [
         f"diag_{kind}{s}" for s in sdpa for kind in ("score_float32", "score_bfloat16", "profile_bfloat16")]
     expected = ["checkpoint", "data", "preflight", "train", "merge_stacked", *GENERATE, *masks, *diag, "learn_weights",
@@ -40,6 +40,8 @@ def test_small_run_writes_every_stage_row_and_output(tmp_path):
         assert rows[name]["gpu_peak_gib"] is None and rows[name]["gpu_busy_pct"] is None  # no GPU here
     for name in GENERATE + masks + [f"diag_score_float32{s}" for s in sdpa]:
         assert rows[name]["samples_per_s"] > 0 and rows[name]["startup_s"] > 0, rows[name]
+    for name in GENERATE + masks:  # two batches of one: the first apart, the rate after it
+        assert rows[name]["first_batch_s"] > 0 and rows[name]["later_per_s"] > 0, rows[name]
     assert "| stage | seconds |" in (out / "bench_7b.md").read_text()
 
     base = work / "models" / "base"
@@ -56,8 +58,21 @@ def test_small_run_writes_every_stage_row_and_output(tmp_path):
         assert len(lines) == 2
     if masks:  # the reference automaton's masks write the same answers
         result = work / "result"
-        assert (result / "constrained_b2_python-masks" / "output.jsonl").read_text() == \
-            (result / "constrained_b2" / "output.jsonl").read_text()
+        assert (result / "constrained_b1_python-masks" / "output.jsonl").read_text() == \
+            (result / "constrained_b1" / "output.jsonl").read_text()
     assert any(p.suffix == ".json" for p in (work / "learned").iterdir())
     for s in sdpa:
         assert "Self CPU" in (out / f"diag_profile_bfloat16{s}.txt").read_text()
+
+
+def test_generate_line_gives_the_rate_after_the_first_batch():
+    from benchmarks.bench_7b_run import parse_generate
+
+    line = ("wrote /w/out.jsonl: 130 lines (2 resumed), mode score, backend hf, batch 64 (--batch-size), model ready "
+            "in 21.5s, 18.0s, 7.11 samples/s (first batch of 64 in 16.0s), peak 17.8 GB GPU; valid titles 100.0%")
+    row = parse_generate("log\n" + line + "\n")
+    assert row == {"startup_s": 21.5, "samples_per_s": 7.11, "first_batch_s": 16.0, "later_per_s": 32.0}
+    one_batch = line.replace(" (first batch of 64 in 16.0s)", "")
+    assert parse_generate(one_batch) == {"startup_s": 21.5, "samples_per_s": 7.11, "first_batch_s": None,
+                                         "later_per_s": None}
+    assert parse_generate("no summary")["samples_per_s"] is None
