@@ -11,9 +11,9 @@ inference.generate in its three modes at two batch sizes (model start-up apart f
 merge.learn_weights (likelihood, a few steps), and on a GPU a diagnostic: a tiny quickstart-sized model in
 float32 against bfloat16 (and with each --sdpa-backends choice where inference.generate has it) plus
 torch.profiler tables, then constrained mode at the largest batch size once more with the per-row reference
-masks (--constraint-masks python: what the tensor masks gain). --small runs the same stages on a 2-layer model
-with the real vocabulary, on CPU in minutes (tests/test_bench_7b.py). --budget-s skips what no longer fits and
-kills a stage that runs past it.
+masks (--constraint-masks python: what the tensor masks gain) and with --compile (a static KV cache, compiled on
+a GPU). --small runs the same stages on a 2-layer model with the real vocabulary, on CPU in minutes
+(tests/test_bench_7b.py). --budget-s skips what no longer fits and kills a stage that runs past it.
 
 On the lent GPU machine: bash scripts/gpu_bench.sh (docs/gpu.md). Here:
     .venv/bin/python -m benchmarks.bench_7b --small --out-dir /tmp/b7/out --work-dir /tmp/b7/work \\
@@ -50,7 +50,7 @@ SMALL_TRAIN_ARGS = "per_device_train_batch_size=1 gradient_accumulation_steps=2 
                    "preprocessing_num_workers=1"
 # in this order; under --budget-s the last ones are the first cut
 STAGES = ["checkpoint", "data", "preflight", "train", "merge_stacked", "generate", "learn_weights", "diag",
-          "masks", "merge_full"]
+          "masks", "compile", "merge_full"]
 
 
 class Paths:
@@ -155,6 +155,18 @@ def stage_masks(bench, args, paths):
                        "--constraint-masks", "python")
     timed_generate(bench, f"generate_constrained_b{bs}_python-masks", cmd, [paths.stacked, paths.test_file],
                    f"{n} prompts at batch {bs}, stacked adapter, --constraint-masks python")
+
+
+def stage_compile(bench, args, paths):
+    """What --compile gains (transformers' static KV cache, its decoding step compiled by torch.compile on a
+    GPU): constrained mode at the largest batch size again; compiling is paid inside this run."""
+    bs = args.batch_sizes[-1]
+    n = min(args.prompts, 2 * bs)
+    out = os.path.join(paths.result, f"constrained_b{bs}_compile", "output.jsonl")
+    cmd = generate_cmd(args, paths.test_file, paths.base, out, "constrained", bs, n, "--adapter", paths.stacked,
+                       "--compile")
+    timed_generate(bench, f"generate_constrained_b{bs}_compile", cmd, [paths.stacked, paths.test_file],
+                   f"{n} prompts at batch {bs}, stacked adapter, --compile (static KV cache)")
 
 
 def has_option(option):
@@ -281,6 +293,7 @@ def main(argv=None):
     run = {"checkpoint": stage_checkpoint, "data": stage_data, "preflight": stage_preflight, "train": stage_train,
            "merge_stacked": lambda *a: stage_merge(*a, "stacked"), "generate": stage_generate,
            "diag": stage_diag, "learn_weights": stage_learn_weights, "masks": stage_masks,
+           "compile": stage_compile,
            "merge_full": lambda *a: stage_merge(*a, "full")}
     for name in STAGES:
         if name not in args.stages:

@@ -29,6 +29,7 @@ def test_small_run_writes_every_stage_row_and_output(tmp_path):
                                capture_output=True, text=True, check=True).stdout
     sdpa = ["_sdpa-auto", "_sdpa-torch"] if "--sdpa-backends" in help_text else [""]
     masks = ["generate_constrained_b1_python-masks"] if "--constraint-masks" in help_text else []
+    masks += ["generate_constrained_b1_compile"]
     diag = ["diag_tiny_model", "diag_profile_float32"] + [
         f"diag_{kind}{s}" for s in sdpa for kind in ("score_float32", "score_bfloat16", "profile_bfloat16")]
     expected = ["checkpoint", "data", "preflight", "train", "merge_stacked", *GENERATE, *masks, *diag, "learn_weights",
@@ -56,10 +57,10 @@ def test_small_run_writes_every_stage_row_and_output(tmp_path):
     for name in GENERATE:
         lines = (work / "result" / name.removeprefix("generate_") / "output.jsonl").read_text().splitlines()
         assert len(lines) == 2
-    if masks:  # the reference automaton's masks write the same answers
-        result = work / "result"
-        assert (result / "constrained_b1_python-masks" / "output.jsonl").read_text() == \
-            (result / "constrained_b1" / "output.jsonl").read_text()
+    result = work / "result"
+    for other in masks:  # the reference automaton's masks and the static cache write the same answers
+        expected = (result / "constrained_b1" / "output.jsonl").read_text()
+        assert (result / other.removeprefix("generate_") / "output.jsonl").read_text() == expected
     assert any(p.suffix == ".json" for p in (work / "learned").iterdir())
     for s in sdpa:
         assert "Self CPU" in (out / f"diag_profile_bfloat16{s}.txt").read_text()
