@@ -3,17 +3,18 @@
 The table (--out-dir: bench_7b.md, bench_7b.json, logs/<stage>.log, diag_profile_*.txt) holds per stage its
 seconds, samples/s, model start-up, peak GPU memory, GPU busy share and peak RSS. Prints, asserts nothing.
 
-Each stage is the project's own entry point run as a subprocess, as a user runs it: a random bf16 checkpoint
-with Qwen2-7B-Instruct's published config and three random rank-16 adapters (benchmarks/bench_7b_make.py),
-scripts/make_data.sh (real Sports samples, 20-item histories), scripts/preflight.sh and scripts/train_lora.sh
-with scripts/train_configs/qwen2_7b_lora.yaml (a few steps), merge.merge_lora (stacked, then full),
-inference.generate in its three modes at two batch sizes (model start-up apart from the generation rate),
-merge.learn_weights (likelihood, a few steps), and on a GPU a diagnostic: a tiny quickstart-sized model in
-float32 against bfloat16 (and with each --sdpa-backends choice where inference.generate has it) plus
-torch.profiler tables, then constrained mode at the largest batch size once more with the per-row reference
-masks (--constraint-masks python: what the tensor masks gain) and with --compile (a static KV cache, compiled on
-a GPU). --small runs the same stages on a 2-layer model with the real vocabulary, on CPU in minutes
-(tests/test_bench_7b.py). --budget-s skips what no longer fits and kills a stage that runs past it.
+Each stage is the project's own entry point run as a subprocess, as a user runs it, in this order (STAGES):
+a random bf16 checkpoint with Qwen2-7B-Instruct's published config and three random rank-16 adapters
+(benchmarks/bench_7b_make.py), scripts/make_data.sh (real Sports samples, 20-item histories), the stacked
+merge (merge.merge_lora), inference.generate in its three modes at two batch sizes, the largest first (model
+start-up apart from the generation rate, the first batch apart from the rest), merge.learn_weights
+(likelihood, a few steps), on a GPU a diagnostic (a tiny quickstart-sized model in float32 against bfloat16,
+with each --sdpa-backends choice where inference.generate has it, plus torch.profiler tables), constrained mode
+at the largest batch size once more with the per-row reference masks (--constraint-masks python) and with
+--compile (a static KV cache, compiled on a GPU), then scripts/preflight.sh, scripts/train_lora.sh with
+scripts/train_configs/qwen2_7b_lora.yaml (a few steps) and the full merge. --small runs the same stages on a
+2-layer model with the real vocabulary, on CPU in minutes (tests/test_bench_7b.py). --budget-s skips what no
+longer fits and kills a stage that runs past it: the last stages are the first cut.
 
 On the lent GPU machine: bash scripts/gpu_bench.sh (docs/gpu.md). Here:
     .venv/bin/python -m benchmarks.bench_7b --small --out-dir /tmp/b7/out --work-dir /tmp/b7/work \\
@@ -48,9 +49,11 @@ PRESETS = {
 # --small trains one sample at a time: logits over 152,064 tokens for 2 x 16 samples would take GBs on a CPU
 SMALL_TRAIN_ARGS = "per_device_train_batch_size=1 gradient_accumulation_steps=2 per_device_eval_batch_size=1 " \
                    "preprocessing_num_workers=1"
-# in this order; under --budget-s the last ones are the first cut
-STAGES = ["checkpoint", "data", "preflight", "train", "merge_stacked", "generate", "learn_weights", "diag",
-          "masks", "compile", "merge_full"]
+# in this order; under --budget-s the last ones are the first cut: what the targets need first (inference at the
+# largest batch, learn_weights' memory, the bf16 diagnostic), then what each change gains, then the stages the
+# H200 already measured at d65957c (preflight, training) and the full merge
+STAGES = ["checkpoint", "data", "merge_stacked", "generate", "learn_weights", "diag", "masks", "compile", "preflight",
+          "train", "merge_full"]
 
 
 class Paths:
@@ -133,8 +136,8 @@ def timed_generate(bench, name, cmd, needs, note):
 
 
 def stage_generate(bench, args, paths):
-    for mode in ("score", "constrained", "free"):
-        for bs in args.batch_sizes:
+    for bs in sorted(args.batch_sizes, reverse=True):  # the largest (the targets' setting) first
+        for mode in ("score", "constrained", "free"):
             n = min(args.prompts, 2 * bs)
             out = os.path.join(paths.result, f"{mode}_b{bs}", "output.jsonl")
             cmd = generate_cmd(args, paths.test_file, paths.base, out, mode, bs, n, "--adapter", paths.stacked)

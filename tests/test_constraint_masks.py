@@ -91,16 +91,16 @@ def test_dead_end_is_an_error():
 
 
 def test_real_candidates_with_the_real_tokenizer(shared_data):
-    """64 real Sports prompts' candidates (some titles of over a thousand tokens) and Qwen2's 152,064 logits:
-    the same masked scores for 120 steps."""
+    """32 real Sports prompts' candidates (some titles of over a thousand tokens) and Qwen2's 152,064 logits:
+    the same masked scores for 100 steps."""
     tok = AutoTokenizer.from_pretrained(str(REAL_TOKENIZER))
-    samples = real_prompts(str(shared_data), n=64, category="Sports_and_Outdoors")
+    samples = real_prompts(str(shared_data), n=32, category="Sports_and_Outdoors")
     cache = {}
     constraints = [CandidateConstraint(parse_user_prompt(sample_parts(s)[1])[1], tok, tok.eos_token_id, 5, cache)
                    for s in samples]
-    ids, _ = walk(constraints, 4, random.Random(1), 152064, tok.eos_token_id, tok.pad_token_id, steps=120)
+    ids, _ = walk(constraints, 4, random.Random(1), 152064, tok.eos_token_id, tok.pad_token_id, steps=100)
     finished = [row[:row.index(tok.eos_token_id) + 1] for row in ids.tolist() if tok.eos_token_id in row]
-    assert len(finished) > 40
+    assert len(finished) > 20
     for c, row in zip(constraints, ids.tolist()):
         if tok.eos_token_id in row:
             assert len(set(c.parse(row[:row.index(tok.eos_token_id) + 1]))) == 5
