@@ -6,15 +6,16 @@ seconds, samples/s, model start-up, peak GPU memory, GPU busy share and peak RSS
 Each stage is the project's own entry point run as a subprocess, as a user runs it, in this order (STAGES):
 a random bf16 checkpoint with Qwen2-7B-Instruct's published config and three random rank-16 adapters
 (benchmarks/bench_7b_make.py), scripts/make_data.sh (real Sports samples, 20-item histories), the stacked
-merge (merge.merge_lora), inference.generate in its three modes at two batch sizes, the largest first (model
-start-up apart from the generation rate, the first batch apart from the rest), merge.learn_weights
+merge (merge.merge_lora), inference.generate in its three modes at the largest batch size (model start-up
+apart from the generation rate, the first batch apart from the rest), merge.learn_weights
 (likelihood, a few steps), on a GPU a diagnostic (a tiny quickstart-sized model in float32 against bfloat16,
 with each --sdpa-backends choice where inference.generate has it, plus torch.profiler tables), constrained mode
 at the largest batch size once more with the per-row reference masks (--constraint-masks python) and with
---compile (a static KV cache, compiled on a GPU), then scripts/preflight.sh, scripts/train_lora.sh with
-scripts/train_configs/qwen2_7b_lora.yaml (a few steps) and the full merge. --small runs the same stages on a
-2-layer model with the real vocabulary, on CPU in minutes (tests/test_bench_7b.py). --budget-s skips what no
-longer fits and kills a stage that runs past it: the last stages are the first cut.
+--compile (a static KV cache, compiled on a GPU), inference at the smaller batch sizes, then
+scripts/preflight.sh, scripts/train_lora.sh with scripts/train_configs/qwen2_7b_lora.yaml (a few steps) and the
+full merge. --small runs the same stages on a 2-layer model with the real vocabulary, on CPU in minutes
+(tests/test_bench_7b.py). --budget-s skips what no longer fits and kills a stage that runs past it: the last
+stages are the first cut.
 
 On the lent GPU machine: bash scripts/gpu_bench.sh (docs/gpu.md). Here:
     .venv/bin/python -m benchmarks.bench_7b --small --out-dir /tmp/b7/out --work-dir /tmp/b7/work \\
@@ -50,10 +51,10 @@ PRESETS = {
 SMALL_TRAIN_ARGS = "per_device_train_batch_size=1 gradient_accumulation_steps=2 per_device_eval_batch_size=1 " \
                    "preprocessing_num_workers=1"
 # in this order; under --budget-s the last ones are the first cut: what the targets need first (inference at the
-# largest batch, learn_weights' memory, the bf16 diagnostic), then what each change gains, then the stages the
-# H200 already measured at d65957c (preflight, training) and the full merge
-STAGES = ["checkpoint", "data", "merge_stacked", "generate", "learn_weights", "diag", "masks", "compile", "preflight",
-          "train", "merge_full"]
+# largest batch, learn_weights' memory, the bf16 diagnostic), then what each change gains, inference at the smaller
+# batch sizes, and the stages the H200 already measured at d65957c (preflight, training) and the full merge
+STAGES = ["checkpoint", "data", "merge_stacked", "generate", "learn_weights", "diag", "masks", "compile",
+          "generate_smaller", "preflight", "train", "merge_full"]
 
 
 class Paths:
@@ -135,8 +136,14 @@ def timed_generate(bench, name, cmd, needs, note):
     return row
 
 
-def stage_generate(bench, args, paths):
-    for bs in sorted(args.batch_sizes, reverse=True):  # the largest (the targets' setting) first
+def split_sizes(batch_sizes):
+    """([the largest batch size]: the targets' setting, run first; the others, largest first: run late)."""
+    largest = max(batch_sizes)
+    return [largest], sorted(set(batch_sizes) - {largest}, reverse=True)
+
+
+def stage_generate(bench, args, paths, sizes):
+    for bs in sizes:
         for mode in ("score", "constrained", "free"):
             n = min(args.prompts, 2 * bs)
             out = os.path.join(paths.result, f"{mode}_b{bs}", "output.jsonl")
@@ -202,12 +209,13 @@ def stage_diag(bench, args, paths):
                 timed_generate(bench, name, cmd, [paths.tiny, paths.test_file], f"tiny model, {n} prompts, {device}")
         profile(bench, args, paths, device, "bfloat16", sdpa)
     if "constrained" in args.diag_modes.split(",") and has_option("--constraint-masks"):
-        for dtype in ("float32", "bfloat16"):  # the per-row reference automaton, beside the rows above
-            name = f"diag_constrained_{dtype}_python-masks"
-            out = os.path.join(paths.result, name, "output.jsonl")
-            cmd = generate_cmd(args, paths.test_file, paths.tiny, out, "constrained", 32, n, "--device", device,
-                               "--dtype", dtype, "--constraint-masks", "python")
-            timed_generate(bench, name, cmd, [paths.tiny, paths.test_file], f"tiny model, {n} prompts, {device}")
+        # the per-row reference automaton beside the float32 row above: a small model's step is short, so the
+        # masks' share of it is large
+        name = "diag_constrained_float32_python-masks"
+        out = os.path.join(paths.result, name, "output.jsonl")
+        cmd = generate_cmd(args, paths.test_file, paths.tiny, out, "constrained", 32, n, "--device", device,
+                           "--dtype", "float32", "--constraint-masks", "python")
+        timed_generate(bench, name, cmd, [paths.tiny, paths.test_file], f"tiny model, {n} prompts, {device}")
     profile(bench, args, paths, device, "float32", None)
 
 
@@ -294,7 +302,9 @@ def main(argv=None):
     print(f"[bench_7b] {bench.meta['title']} on {bench.meta['device']}; table in {args.out_dir}", flush=True)
     paths = Paths(args.work_dir)
     run = {"checkpoint": stage_checkpoint, "data": stage_data, "preflight": stage_preflight, "train": stage_train,
-           "merge_stacked": lambda *a: stage_merge(*a, "stacked"), "generate": stage_generate,
+           "merge_stacked": lambda *a: stage_merge(*a, "stacked"),
+           "generate": lambda *a: stage_generate(*a, split_sizes(args.batch_sizes)[0]),
+           "generate_smaller": lambda *a: stage_generate(*a, split_sizes(args.batch_sizes)[1]),
            "diag": stage_diag, "learn_weights": stage_learn_weights, "masks": stage_masks,
            "compile": stage_compile,
            "merge_full": lambda *a: stage_merge(*a, "full")}

@@ -77,3 +77,12 @@ def test_generate_line_gives_the_rate_after_the_first_batch():
     assert parse_generate(one_batch) == {"startup_s": 21.5, "samples_per_s": 7.11, "first_batch_s": None,
                                          "later_per_s": None}
     assert parse_generate("no summary")["samples_per_s"] is None
+
+
+def test_the_largest_batch_runs_first_and_the_others_late():
+    from benchmarks.bench_7b import STAGES, split_sizes
+
+    assert split_sizes([16, 64]) == ([64], [16])
+    assert split_sizes([8, 64, 16, 64]) == ([64], [16, 8])
+    assert split_sizes([1]) == ([1], [])
+    assert STAGES.index("generate") < STAGES.index("diag") < STAGES.index("generate_smaller") < STAGES.index("train")
