@@ -20,10 +20,10 @@ import time
 from common.io import write_json_atomic, write_text_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# inference.generate's summary line: "wrote ...: N lines (R resumed), ..., model ready in Xs, Ys, Z samples/s
-# (first batch of B in Ts), ..." (the part in brackets: hf, more than one batch)
-WROTE = re.compile(r"^wrote .*: (\d+) lines \((\d+) resumed\).*model ready in ([\d.]+)s, ([\d.]+)s, "
-                   r"([\d.]+) samples/s(?: \(first batch of (\d+) in ([\d.]+)s\))?", re.MULTILINE)
+# inference.generate's summary line: "wrote ...: model ready in Xs, Ys, Z samples/s (first batch of B in Ts,
+# then W samples/s), ..." (the part in brackets: hf, more than one batch)
+WROTE = re.compile(r"^wrote .*model ready in ([\d.]+)s, [\d.]+s, ([\d.]+) samples/s"
+                   r"(?: \(first batch of \d+ in ([\d.]+)s, then ([\d.]+) samples/s\))?", re.MULTILINE)
 COLUMNS = [("stage", "stage"), ("seconds", "seconds"), ("samples_per_s", "samples/s"),
            ("later_per_s", "samples/s after batch 1"), ("first_batch_s", "batch 1 s"), ("startup_s", "start-up s"), ("gpu_peak_gib", "peak GPU GiB"), ("gpu_busy_pct", "GPU busy %"),
            ("rss_peak_gib", "peak RSS GiB"), ("status", "status"), ("note", "note")]
@@ -165,15 +165,8 @@ def parse_generate(text):
     """From inference.generate's "wrote" line: {startup_s, samples_per_s, first_batch_s, later_per_s} (the
     generation rate with the first batch, where the first kernels' cost falls, left out), None where absent."""
     m = WROTE.search(text or "")
-    if not m:
-        return {"startup_s": None, "samples_per_s": None, "first_batch_s": None, "later_per_s": None}
-    lines, resumed, startup, seconds, rate, first_n, first_s = m.groups()
-    row = {"startup_s": float(startup), "samples_per_s": float(rate), "first_batch_s": None, "later_per_s": None}
-    if first_n is not None:
-        later_n, later_s = int(lines) - int(resumed) - int(first_n), float(seconds) - float(first_s)
-        row["first_batch_s"] = float(first_s)
-        row["later_per_s"] = later_n / later_s if later_s > 0 else None
-    return row
+    values = [float(v) if v is not None else None for v in m.groups()] if m else [None] * 4
+    return dict(zip(("startup_s", "samples_per_s", "first_batch_s", "later_per_s"), values))
 
 
 def cell(value, digits=1):

@@ -42,7 +42,7 @@ def test_small_run_writes_every_stage_row_and_output(tmp_path):
     for name in GENERATE + masks + [f"diag_score_float32{s}" for s in sdpa]:
         assert rows[name]["samples_per_s"] > 0 and rows[name]["startup_s"] > 0, rows[name]
     for name in GENERATE + masks:  # two batches of one: the first apart, the rate after it
-        assert rows[name]["first_batch_s"] > 0 and rows[name]["later_per_s"] > 0, rows[name]
+        assert rows[name]["first_batch_s"] >= 0 and rows[name]["later_per_s"] > 0, rows[name]
     assert "| stage | seconds |" in (out / "bench_7b.md").read_text()
 
     base = work / "models" / "base"
@@ -70,10 +70,11 @@ def test_generate_line_gives_the_rate_after_the_first_batch():
     from benchmarks.bench_7b_run import parse_generate
 
     line = ("wrote /w/out.jsonl: 130 lines (2 resumed), mode score, backend hf, batch 64 (--batch-size), model ready "
-            "in 21.5s, 18.0s, 7.11 samples/s (first batch of 64 in 16.0s), peak 17.8 GB GPU; valid titles 100.0%")
+            "in 21.5s, 18.0s, 7.11 samples/s (first batch of 64 in 16.0s, then 32.00 samples/s), peak 17.8 GB GPU; "
+            "valid titles 100.0%")
     row = parse_generate("log\n" + line + "\n")
     assert row == {"startup_s": 21.5, "samples_per_s": 7.11, "first_batch_s": 16.0, "later_per_s": 32.0}
-    one_batch = line.replace(" (first batch of 64 in 16.0s)", "")
+    one_batch = line.replace(" (first batch of 64 in 16.0s, then 32.00 samples/s)", "")
     assert parse_generate(one_batch) == {"startup_s": 21.5, "samples_per_s": 7.11, "first_batch_s": None,
                                          "later_per_s": None}
     assert parse_generate("no summary")["samples_per_s"] is None
