@@ -202,6 +202,8 @@ def stage_diag(bench, args, paths):
         flag = ["--sdpa-backends", sdpa] if sdpa else []
         for mode in args.diag_modes.split(","):
             for dtype in ("float32", "bfloat16"):
+                if dtype == "float32" and sdpa == "torch":
+                    continue  # float32 attention never runs on cuDNN: the auto row's kernels (budget kept)
                 name = f"diag_{mode}_{dtype}" + (f"_sdpa-{sdpa}" if sdpa else "")
                 out = os.path.join(paths.result, name, "output.jsonl")
                 cmd = generate_cmd(args, paths.test_file, paths.tiny, out, mode, 32, n, "--device", device,

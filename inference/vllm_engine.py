@@ -21,6 +21,7 @@ import sys
 import tempfile
 
 from common.cli import UserError
+from inference import reaper
 from inference.loading import adapter_rank, load_model, load_tokenizer
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM 0.32 accepts
@@ -165,6 +166,7 @@ class Engine:
         kwargs.update(engine_args or {})  # more vllm.LLM arguments (benchmarks)
         with merged_folder(base, adapters if how == "merge" else (), dtype, work_dir) as folder:
             self.llm = vllm.LLM(model=folder, **kwargs)
+        self.reaper = reaper.watch()  # the engine's processes end with this one, even if it is killed
         self.loaded = served(base, adapters, how)
         self.lora_ids = {}
 
@@ -187,6 +189,9 @@ class Engine:
 
     def close(self):
         self.llm.llm_engine.engine_core.shutdown()
+        if self.reaper is not None:  # the run is over: the reaper checks that nothing is left, and exits
+            self.reaper.stdin.close()
+            self.reaper.wait()
 
 
 @contextlib.contextmanager
