@@ -8,7 +8,9 @@ below it, and keeps the write end of a pipe that is this process's standard inpu
 has exited, however it ended. The processes named are then sent SIGTERM (vLLM's engine shuts down on it),
 and SIGKILL after a grace period, each only while it is the same process (its start time unchanged), so a
 reused pid is never touched. After a normal exit they are gone already and nothing is sent. Linux (/proc)
-only; elsewhere `watch` does nothing. Runs as a script: it imports nothing of the project.
+only; elsewhere `watch` does nothing.
+
+    python -m inference.reaper PID:START ...   (from the repository root; standard input: the pipe)
 """
 
 import os
@@ -17,36 +19,10 @@ import subprocess
 import sys
 import time
 
+from common.procs import descendants, start_time
+
 GRACE_S = 5.0
-
-
-def start_time(pid):
-    """The process's start time in clock ticks (/proc/<pid>/stat field 22), or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[19]) if len(fields) > 19 else None
-
-
-def descendants(pid):
-    """The pids of every process below `pid`."""
-    children = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", encoding="utf-8", errors="replace") as f:
-                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def watch(pid=None):
@@ -58,7 +34,7 @@ def watch(pid=None):
     named = [f"{p}:{t}" for p in descendants(pid) for t in [start_time(p)] if t is not None]
     if not named:
         return None
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *named], stdin=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "inference.reaper", *named], cwd=REPO, stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 

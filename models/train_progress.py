@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from common.cli import run_main
 from common.io import write_json_atomic
+from common.procs import descendants
 
 PEAK_FILE = "peak_memory.json"
 
@@ -86,25 +87,6 @@ class Progress:
             self.bar.close()
         elif self.total and self.step < self.total:  # a finished run's last step and loss: in train_finish's line
             self.line()
-
-
-def descendants(root):
-    """Pids of every process below `root` (from /proc)."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
 
 
 def rss_mb(pid):

@@ -15,7 +15,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from common.cli import UserError
-from inference import reaper
+from common.procs import descendants, start_time
 from inference.examples import read_tests
 from inference.hf_backend import HFRunner
 from inference.loading import load_model, load_tokenizer
@@ -219,16 +219,16 @@ def test_resume_after_sigkill_and_data_parallel_join_equal_one_run(models, real_
     while time.time() < deadline and run_.poll() is None and count_lines(progress) < 8:
         time.sleep(0.01)
     assert run_.poll() is None, "the run ended before it could be killed"
-    engine = [(pid, reaper.start_time(pid)) for pid in reaper.descendants(run_.pid)]
+    engine = [(pid, start_time(pid)) for pid in descendants(run_.pid)]
     assert engine, "the run has no engine process"
     os.kill(run_.pid, signal.SIGKILL)
     run_.wait()
     assert not killed.exists() and count_lines(progress) == 8
     # vLLM's engine process outlives a killed parent (vllm-project/vllm#55510); the run's reaper ends it
     deadline = time.time() + 30
-    while time.time() < deadline and any(reaper.start_time(pid) == start for pid, start in engine):
+    while time.time() < deadline and any(start_time(pid) == start for pid, start in engine):
         time.sleep(0.1)
-    assert not any(reaper.start_time(pid) == start for pid, start in engine), "the engine outlived its run"
+    assert not any(start_time(pid) == start for pid, start in engine), "the engine outlived its run"
     proc = cli(*gen_args(real_test_file, models["base"], killed, *extra))
     assert proc.returncode == 0 and "(8 resumed)" in proc.stdout, proc.stderr[-3000:]
     assert killed.read_bytes() == one.read_bytes()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from inference import reaper
+from common.procs import start_time
 from tests.helpers import REPO
 
 # a "run": starts a child that would outlive it (a new session, as an engine process is out of reach of the
@@ -16,7 +16,8 @@ from tests.helpers import REPO
 RUN = """
 import subprocess, sys, time
 from inference import reaper
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True,
+                         stdout=subprocess.DEVNULL)
 keep = reaper.watch()
 print(child.pid, flush=True)
 if sys.argv[1] == "exit":
@@ -34,7 +35,7 @@ def start_run(how):
 def gone_within(pid, start, seconds):
     deadline = time.time() + seconds
     while time.time() < deadline:
-        if reaper.start_time(pid) != start:
+        if start_time(pid) != start:
             return True
         time.sleep(0.05)
     return False
@@ -42,10 +43,10 @@ def gone_within(pid, start, seconds):
 
 def test_a_killed_runs_processes_end_with_it():
     run, child = start_run("sleep")
-    start = reaper.start_time(child)
+    start = start_time(child)
     assert start is not None
     time.sleep(0.3)
-    assert reaper.start_time(child) == start  # alive while the run lives
+    assert start_time(child) == start  # alive while the run lives
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
     assert gone_within(child, start, 10), "the child outlived its killed run"
@@ -58,8 +59,8 @@ def test_a_normal_exit_signals_nothing_and_a_changed_pid_is_left_alone(tmp_path)
     # time under a named pid (a reused pid) is not touched
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        keep = subprocess.Popen([sys.executable, reaper.__file__, f"{other.pid}:{reaper.start_time(other.pid) + 1}"],
-                                stdin=subprocess.PIPE)
+        keep = subprocess.Popen([sys.executable, "-m", "inference.reaper", f"{other.pid}:{start_time(other.pid) + 1}"],
+                                cwd=REPO, stdin=subprocess.PIPE)
         keep.stdin.close()
         assert keep.wait(timeout=10) == 0
         assert other.poll() is None
