@@ -3,17 +3,18 @@
 #   .venv       every test but the vLLM ones (marker vllm);
 #   .venv-vllm  the tests of the modules that must behave the same under its transformers 5 (inference,
 #               merging) and the vLLM engine tests.
-# The two runs go side by side (CONCURRENT=1, the default): neither keeps both cores busy (about 60% of two
-# cores on average, one after the other), so together they finish in less time. The .venv run prints as it
-# goes; the .venv-vllm run's output is kept in a file and printed when it ends. CONCURRENT=0 runs one, then
-# the other.
+# The two runs go side by side where the machine has room (CONCURRENT=auto: at least 2 cores and 20 GiB of
+# memory available; together they peaked at 17 GB on a 2-core, 24 GB machine): neither keeps both cores busy
+# (about 60% of two cores on average, one after the other), so together they finish in less time. The .venv
+# run prints as it goes; the .venv-vllm run's output is kept in a file and printed when it ends.
+# CONCURRENT=1 runs them side by side anyway, CONCURRENT=0 one after the other.
 # Arguments go to both pytest runs (e.g. -q, -x); TESTS=training or TESTS=vllm runs one of them only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 TESTS=${TESTS:-all}                     # all | training | vllm
-CONCURRENT=${CONCURRENT:-1}             # 1: the two environments' runs side by side; 0: one after the other
+CONCURRENT=${CONCURRENT:-auto}          # auto | 1: the two environments' runs side by side | 0: one after the other
 VLLM_VENV=${VLLM_VENV:-.venv-vllm}
 VLLM_ENV_TESTS=${VLLM_ENV_TESTS:-"tests/test_inference.py tests/test_inference_modes.py tests/test_inference_vllm.py
   tests/test_inference_vllm_real.py tests/test_inference_gpu_path.py tests/test_merge.py tests/test_merge_methods.py
@@ -37,6 +38,14 @@ run_vllm() {
   # shellcheck disable=SC2086  # a list of test files
   "$VLLM_VENV/bin/python" -m pytest -o cache_dir=.pytest_cache/vllm $VLLM_ENV_TESTS "${deselect[@]}" "$@"
 }
+
+if [ "$CONCURRENT" = auto ]; then
+  free_gib=$(awk '/^MemAvailable:/ {print int($2 / 1048576)}' /proc/meminfo 2>/dev/null || echo 0)
+  CONCURRENT=0
+  if [ "$(nproc)" -ge 2 ] && [ "${free_gib:-0}" -ge 20 ]; then CONCURRENT=1; fi
+  [ "$TESTS" = all ] && [ "$CONCURRENT" = 0 ] && echo "[test] ${free_gib:-?} GiB available, $(nproc) cores: \
+the two environments' runs go one after the other (CONCURRENT=1 runs them side by side)"
+fi
 
 status=0
 if [ "$TESTS" = all ] && [ "$CONCURRENT" = 1 ]; then
